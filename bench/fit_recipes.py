@@ -1,0 +1,108 @@
+"""Fitting recipes side by side on the real model: steps and seconds to reach accuracy 1.0.
+
+Fits the same texts (8 of ~16 tokens and 8 of ~32 tokens from data/texts.jsonl) with each variant,
+8 at a time in one padded batch, and reports per variant and length group: how many reached the
+target within the step cap, median steps and median seconds of those that did, mean final accuracy,
+seconds per optimiser step, and the one-pass fp32 re-decode accuracy of the returned vectors.
+
+    python bench/fit_recipes.py                      # the full matrix (~30-40 min on 2 cores)
+    python bench/fit_recipes.py --quick              # 4 texts of ~16 tokens, 2 variants (< 10 min)
+
+The last line is `ratio: X`: sink-prefix bf16 converged texts per hour over the paper-as-written
+(no prefix, fp32) recipe, both measured in this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from nar.config import FitConfig  # noqa: E402
+from nar.decode import decode_ids, token_accuracy  # noqa: E402
+from nar.fit import fit_texts, make_layout  # noqa: E402
+from nar.llm import load_llm  # noqa: E402
+
+VARIANTS = {
+    "paper (no prefix), fp32": dict(prefix="none", precision="fp32"),
+    "paper (no prefix), bf16": dict(prefix="none", precision="bf16"),
+    "bos prefix, fp32": dict(prefix="bos", precision="fp32"),
+    "bos prefix, bf16": dict(prefix="bos", precision="bf16"),
+}
+
+
+def pick_texts(llm, lo: int, hi: int, k: int) -> list[str]:
+    rows = [json.loads(x) for x in (ROOT / "data" / "texts.jsonl").read_text().splitlines() if x.strip()]
+    out = [r["text"] for r in rows if lo <= len(llm.encode(r["text"])) <= hi]
+    if len(out) < k:
+        raise SystemExit(f"only {len(out)} texts with {lo}-{hi} tokens")
+    return out[:k]
+
+
+def run(llm, texts, name, cfg) -> dict:
+    t0 = time.perf_counter()
+    steps_total = [0]
+    rs = fit_texts(llm, texts, cfg, on_step=lambda s: steps_total.__setitem__(0, steps_total[0] + 1))
+    wall = time.perf_counter() - t0
+    pred = decode_ids(llm, torch.stack([r.e for r in rs]), torch.stack([r.m for r in rs]),
+                      [r.n_tokens for r in rs], make_layout(llm, cfg), precision="fp32")
+    conv = [r for r in rs if r.converged]
+    return {
+        "variant": name, "texts": len(rs), "n_tokens_median": statistics.median(r.n_tokens for r in rs),
+        "converged": len(conv),
+        "median_steps": statistics.median(r.steps for r in conv) if conv else None,
+        "median_seconds": round(statistics.median(r.seconds for r in conv), 1) if conv else None,
+        "mean_acc": round(sum(r.accuracy for r in rs) / len(rs), 4),
+        "fp32_redecode_exact": sum(token_accuracy(p, r.token_ids) == 1.0 for p, r in zip(pred, rs)),
+        "wall_s": round(wall, 1), "s_per_step": round(wall / max(steps_total[0], 1), 3),
+        "converged_per_hour": round(3600 * len(conv) / wall, 1),
+        "steps_each": [r.steps for r in rs], "acc_each": [round(r.accuracy, 3) for r in rs],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--max-steps", type=int, default=600)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    llm = load_llm(device="cpu")
+    groups = {"~16": (14, 18), "~32": (28, 36)}
+    variants = VARIANTS
+    k = 8
+    if args.quick:
+        groups, k = {"~16": (14, 18)}, 4
+        variants = {n: VARIANTS[n] for n in ("paper (no prefix), fp32", "bos prefix, bf16")}
+    rows = []
+    for gname, (lo, hi) in groups.items():
+        texts = pick_texts(llm, lo, hi, k)
+        for name, kw in variants.items():
+            cfg = FitConfig(max_steps=args.max_steps, num_slots=k, **kw)
+            row = dict(run(llm, texts, name, cfg), group=gname)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print(f"\n{'group':6} {'variant':26} {'conv':>5} {'med steps':>9} {'med s':>7} {'mean acc':>8} "
+          f"{'s/step':>7} {'conv/h':>7}")
+    for r in rows:
+        print(f"{r['group']:6} {r['variant']:26} {r['converged']:>2}/{r['texts']:<2} {str(r['median_steps']):>9} "
+              f"{str(r['median_seconds']):>7} {r['mean_acc']:>8.3f} {r['s_per_step']:>7.3f} "
+              f"{r['converged_per_hour']:>7.1f}")
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=2))
+    base = sum(r["converged_per_hour"] for r in rows if r["variant"] == "paper (no prefix), fp32")
+    ours = sum(r["converged_per_hour"] for r in rows if r["variant"] == "bos prefix, bf16")
+    print(f"ratio: {ours / base:.2f}" if base > 0 else f"ratio: inf (baseline converged none; ours {ours:.1f}/h)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The `nar` command line: a thin Typer layer over the `nar` library."""

@@ -1,0 +1,73 @@
+"""What every command shares: error reporting, logging set-up, JSON output, input files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(console=err_console, show_path=False)], force=True)
+    # transformers/datasets print their own progress bars and advice; keep the terminal for ours.
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def print_json(obj) -> None:
+    """One JSON object on stdout, nothing else (for scripts)."""
+    sys.stdout.write(json.dumps(obj, default=_jsonable) + "\n")
+
+
+def _jsonable(x):
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON serialisable: {type(x)}")
+
+
+def read_texts(text: str | None, file: Path | None) -> list[str]:
+    """TEXT and/or --file (one text per line, or .jsonl with a 'text' field). Blank lines are skipped."""
+    from nar.errors import NarError
+
+    texts: list[str] = []
+    if text is not None:
+        texts.append(text)
+    if file is not None:
+        try:
+            raw = Path(file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise NarError(f"cannot read {file}: {exc.strerror if isinstance(exc, OSError) else exc}") from exc
+        if str(file).endswith(".jsonl"):
+            for k, line in enumerate(raw.splitlines(), 1):
+                if line.strip():
+                    try:
+                        texts.append(json.loads(line)["text"])
+                    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                        raise NarError(f"{file}:{k}: expected a JSON object with a 'text' field") from exc
+        else:
+            texts.extend(line for line in raw.splitlines() if line.strip())
+        if not texts:
+            raise NarError(f"{file} holds no text")
+    if not texts:
+        raise NarError("give a TEXT argument or --file")
+    return texts

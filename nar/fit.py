@@ -1,0 +1,298 @@
+"""The proto-token optimiser (Paper A): fit (e, m) so that one forward pass reproduces a text.
+
+Texts are fitted in a fixed number of *slots* that form one padded batch. Every slot has its own
+e and m (or shares one m), its own AdamW state and step count, and stops on its own when it reaches
+the target accuracy or the step cap; the slot is then refilled with the next text (continuous
+batching). The loss is the *sum* over slots of each text's mean cross-entropy, so a text's gradient
+does not depend on which other texts share the batch: fitting in a batch gives the same vectors as
+fitting alone (up to float rounding), unless an extra cross-text loss is passed in.
+
+This module knows nothing about files; `nar.corpus` and the CLI store what it yields.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from nar.config import FitConfig
+from nar.errors import NarError
+from nar.llm import FrozenLLM, Layout
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitItem:
+    """One target to fit. `key` must be unique in a run; it also seeds the text's initial vectors."""
+
+    key: str
+    ids: list[int]
+    payload: dict = field(default_factory=dict)
+    """Anything the caller wants back with the result (source text, teacher embedding, ...)."""
+    init_key: str | None = None
+    """Seeds the initial vectors instead of `key` (e.g. the text itself, so order does not matter)."""
+
+    @property
+    def seed_key(self) -> str:
+        return self.key if self.init_key is None else self.init_key
+
+
+@dataclass
+class FitResult:
+    """The best vectors seen for one text, and how the fit went."""
+
+    key: str
+    e: torch.Tensor  # (D,) float32, cpu
+    m: torch.Tensor  # (D,) float32, cpu
+    token_ids: list[int]
+    accuracy: float
+    steps: int
+    loss: float
+    seconds: float
+    converged: bool
+    failed: bool = False
+    payload: dict = field(default_factory=dict)
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass
+class StepStats:
+    """Numbers from one optimiser step, for progress bars and TensorBoard."""
+
+    step: int
+    active: int
+    loss: float
+    token_acc: float
+    extra: dict[str, float]
+
+
+ExtraLoss = Callable[[torch.Tensor, torch.Tensor, list[FitItem]], dict[str, torch.Tensor]]
+"""(E (B, D), M (B, D) or (1, D), items of the B active slots) -> named scalar losses, already weighted."""
+
+
+def init_vector(key: str, seed: int, dim: int, scale: float) -> torch.Tensor:
+    """A text's initial vector: depends only on (seed, key), never on slot or batch order. (dim,)"""
+    digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
+    g = torch.Generator().manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
+    return torch.randn(dim, generator=g) * scale
+
+
+def make_layout(llm: FrozenLLM, cfg: FitConfig) -> Layout:
+    return Layout(prefix_ids=llm.resolve_prefix(cfg.prefix), first=cfg.first)
+
+
+@dataclass
+class _Slot:
+    item: FitItem
+    targets: torch.Tensor  # (N,) long
+    started: float
+    steps: int = 0
+    best_acc: float = -1.0
+    best_loss: float = math.inf
+    best_e: torch.Tensor | None = None
+    best_m: torch.Tensor | None = None
+    last_loss: float = math.inf
+
+
+def fit_stream(llm: FrozenLLM, items: Iterable[FitItem], cfg: FitConfig, *,
+               extra_loss: ExtraLoss | None = None,
+               on_step: Callable[[StepStats], None] | None = None) -> Iterator[FitResult]:
+    """Fit every item; yield each result as soon as its slot finishes (not in input order)."""
+    if cfg.share_m:
+        yield from _fit_shared_m(llm, list(items), cfg, extra_loss=extra_loss, on_step=on_step)
+        return
+    layout = make_layout(llm, cfg)
+    dev, dim = llm.device, llm.hidden_size
+    scale = llm.embed_std if cfg.init == "embed_std" else 1.0
+    n_slots = cfg.num_slots
+    e_params = [torch.zeros(dim, device=dev, requires_grad=True) for _ in range(n_slots)]
+    m_params = [torch.zeros(dim, device=dev, requires_grad=True) for _ in range(n_slots)]
+    # One param group per slot: each slot keeps its own step count, so bias correction restarts
+    # when a slot is refilled (its state is dropped), exactly as for a fresh single-text optimiser.
+    opt = torch.optim.AdamW([{"params": [e_params[i], m_params[i]]} for i in range(n_slots)],
+                            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    slots: list[_Slot | None] = [None] * n_slots
+    pending = iter(items)
+
+    def fill(i: int) -> bool:
+        item = next(pending, None)
+        if item is None:
+            slots[i] = None
+            return False
+        with torch.no_grad():
+            e_params[i].copy_(init_vector(item.seed_key + "/e", cfg.seed, dim, scale))
+            m_params[i].copy_(init_vector(item.seed_key + "/m", cfg.seed, dim, scale))
+        for p in (e_params[i], m_params[i]):
+            opt.state.pop(p, None)
+            p.grad = None
+        slots[i] = _Slot(item, torch.tensor(item.ids, dtype=torch.long, device=dev), time.perf_counter())
+        return True
+
+    for i in range(n_slots):
+        fill(i)
+    step = 0
+    while True:
+        act = [i for i, s in enumerate(slots) if s is not None]
+        if not act:
+            return
+        E = torch.stack([e_params[i] for i in act])
+        M = torch.stack([m_params[i] for i in act])
+        ce, acc = _reconstruction(llm, E, M, [slots[i].targets for i in act], layout, cfg.precision)
+        ce_now = ce.detach().cpu()
+        acc_now = acc.cpu()
+        finite = torch.isfinite(ce)
+        loss = torch.where(finite, ce, torch.zeros_like(ce)).sum()
+        extras = extra_loss(E, M, [slots[i].item for i in act]) if extra_loss else {}
+        for v in extras.values():
+            loss = loss + v
+        done = []
+        for j, i in enumerate(act):
+            s = slots[i]
+            a, c = float(acc_now[j]), float(ce_now[j])
+            s.last_loss = c
+            if not math.isfinite(c):
+                done.append((i, True))
+                continue
+            if a > s.best_acc or (a == s.best_acc and c < s.best_loss):
+                s.best_acc, s.best_loss = a, c
+                s.best_e, s.best_m = E[j].detach().cpu().clone(), M[j].detach().cpu().clone()
+            if a >= cfg.target_acc or s.steps >= cfg.max_steps:
+                done.append((i, False))
+        if on_step:
+            on_step(StepStats(step, len(act), float(loss.detach()), float(acc.mean()),
+                              {k: float(v) for k, v in extras.items()}))
+        finished = {i for i, _ in done}
+        opt.zero_grad(set_to_none=True)
+        if len(finished) < len(act):
+            if torch.isfinite(loss):
+                loss.backward()
+                for i in finished:  # their vectors are already recorded; keep the step from moving them
+                    e_params[i].grad = m_params[i].grad = None
+                opt.step()
+            else:  # a cross-text term blew up: no single text is to blame, so skip this update
+                log.warning("non-finite extra loss at step %d (%s); update skipped", step, list(extras))
+            for i in act:
+                if i not in finished:
+                    slots[i].steps += 1
+        step += 1
+        for i, failed in done:
+            yield _result(slots[i], cfg, failed)
+            fill(i)
+
+
+def _reconstruction(llm: FrozenLLM, E: torch.Tensor, M: torch.Tensor, targets: list[torch.Tensor],
+                    layout: Layout, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-text mean cross-entropy and token accuracy, both (B,), from one padded forward pass."""
+    n = max(len(t) for t in targets)
+    tgt = torch.full((len(targets), n), -100, dtype=torch.long, device=E.device)
+    for j, t in enumerate(targets):
+        tgt[j, : len(t)] = t
+    with llm.autocast(precision):
+        logits = llm.proto_logits(E, M, n, layout)
+    logits = logits.float()
+    valid = tgt != -100
+    lengths = valid.sum(1)
+    ce = F.cross_entropy(logits.transpose(1, 2), tgt, ignore_index=-100, reduction="none").sum(1) / lengths
+    acc = ((logits.argmax(-1) == tgt) & valid).sum(1) / lengths
+    return ce, acc.detach()
+
+
+def _result(s: _Slot, cfg: FitConfig, failed: bool) -> FitResult:
+    dim = s.best_e.shape[0] if s.best_e is not None else 0
+    nan = torch.full((dim,), float("nan"))
+    return FitResult(
+        key=s.item.key,
+        e=s.best_e if s.best_e is not None else nan,
+        m=s.best_m if s.best_m is not None else nan,
+        token_ids=list(s.item.ids),
+        accuracy=max(s.best_acc, 0.0),
+        steps=s.steps,
+        loss=s.best_loss if s.best_e is not None else s.last_loss,
+        seconds=time.perf_counter() - s.started,
+        converged=(not failed) and s.best_acc >= cfg.target_acc,
+        failed=failed,
+        payload=s.item.payload,
+    )
+
+
+def _fit_shared_m(llm: FrozenLLM, items: list[FitItem], cfg: FitConfig, *, extra_loss: ExtraLoss | None,
+                  on_step: Callable[[StepStats], None] | None) -> Iterator[FitResult]:
+    """All texts at once with a single m; the group stops together and keeps its best joint state."""
+    if not items:
+        return
+    layout = make_layout(llm, cfg)
+    dev, dim = llm.device, llm.hidden_size
+    scale = llm.embed_std if cfg.init == "embed_std" else 1.0
+    E = torch.stack([init_vector(it.seed_key + "/e", cfg.seed, dim, scale) for it in items]).to(dev)
+    E.requires_grad_(True)
+    m = init_vector("shared/m", cfg.seed, dim, scale).to(dev).unsqueeze(0).requires_grad_(True)
+    opt = torch.optim.AdamW([E, m], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    targets = [torch.tensor(it.ids, dtype=torch.long, device=dev) for it in items]
+    t0 = time.perf_counter()
+    best = (-1.0, math.inf, None, None, None, None)  # mean acc, loss, E, m, per-text acc, per-text ce
+    steps = 0
+    while True:
+        ce, acc = _reconstruction(llm, E, m, targets, layout, cfg.precision)
+        loss = ce.sum()
+        extras = extra_loss(E, m, items) if extra_loss else {}
+        for v in extras.values():
+            loss = loss + v
+        if not torch.isfinite(loss):
+            raise NarError("loss became NaN/inf while fitting with a shared m; lower --lr")
+        mean_acc, total = float(acc.mean()), float(ce.detach().sum())
+        if mean_acc > best[0] or (mean_acc == best[0] and total < best[1]):
+            best = (mean_acc, total, E.detach().cpu().clone(), m.detach().cpu().clone(), acc.cpu(), ce.detach().cpu())
+        if on_step:
+            on_step(StepStats(steps, len(items), float(loss.detach()), mean_acc,
+                              {k: float(v) for k, v in extras.items()}))
+        if float(acc.min()) >= cfg.target_acc or steps >= cfg.max_steps:
+            break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        steps += 1
+    seconds = time.perf_counter() - t0
+    _, _, bE, bm, bacc, bce = best
+    for j, it in enumerate(items):
+        a = float(bacc[j])
+        yield FitResult(key=it.key, e=bE[j], m=bm[0], token_ids=list(it.ids), accuracy=a, steps=steps,
+                        loss=float(bce[j]), seconds=seconds, converged=a >= cfg.target_acc, payload=it.payload)
+
+
+def prepare_ids(llm: FrozenLLM, text: str, cfg: FitConfig) -> list[int]:
+    """Tokenise one target, with the checks every entry point needs."""
+    if not text or not text.strip():
+        raise NarError("empty text: nothing to reconstruct")
+    ids = llm.encode(text)
+    if cfg.append_eos:
+        if llm.eos_id is None:
+            raise NarError(f"model {llm.name} has no EOS token; drop --append-eos")
+        ids = ids + [llm.eos_id]
+    if len(ids) > cfg.max_tokens:
+        raise NarError(f"text is {len(ids)} tokens, over --max-tokens {cfg.max_tokens}: {text[:60]!r}...")
+    return ids
+
+
+def fit_texts(llm: FrozenLLM, texts: list[str], cfg: FitConfig, *,
+              on_step: Callable[[StepStats], None] | None = None,
+              on_result: Callable[[FitResult], None] | None = None) -> list[FitResult]:
+    """Fit a list of texts; results in input order. Raises NarError on empty or over-long texts."""
+    items = [FitItem(key=str(i), ids=prepare_ids(llm, t, cfg), payload={"text": t}, init_key=t)
+             for i, t in enumerate(texts)]
+    by_key = {}
+    for r in fit_stream(llm, items, cfg, on_step=on_step):
+        by_key[r.key] = r
+        if on_result:
+            on_result(r)
+    return [by_key[it.key] for it in items]

