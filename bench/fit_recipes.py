@@ -31,11 +31,11 @@ from nar.decode import decode_ids, token_accuracy  # noqa: E402
 from nar.fit import fit_texts, make_layout  # noqa: E402
 from nar.llm import load_llm  # noqa: E402
 
-VARIANTS = {
-    "paper (no prefix), fp32": dict(prefix="none", precision="fp32"),
-    "paper (no prefix), bf16": dict(prefix="none", precision="bf16"),
-    "bos prefix, fp32": dict(prefix="bos", precision="fp32"),
-    "bos prefix, bf16": dict(prefix="bos", precision="bf16"),
+VARIANTS = {  # key: (name in the table, FitConfig options)
+    "paper-fp32": ("paper (no prefix), fp32", dict(prefix="none", precision="fp32")),
+    "paper-bf16": ("paper (no prefix), bf16", dict(prefix="none", precision="bf16")),
+    "bos-fp32": ("bos prefix, fp32", dict(prefix="bos", precision="fp32")),
+    "bos-bf16": ("bos prefix, bf16", dict(prefix="bos", precision="bf16")),
 }
 
 
@@ -74,19 +74,21 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=600)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
+    ap.add_argument("--variants", default=None, help="comma-separated subset of: " + ", ".join(VARIANTS))
+    ap.add_argument("--groups", default="~16,~32", help="length groups to run: ~16 and/or ~32")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     llm = load_llm(device="cpu")
-    groups = {"~16": (14, 18), "~32": (28, 36)}
-    variants = VARIANTS
+    groups = {g: r for g, r in {"~16": (14, 18), "~32": (28, 36)}.items() if g in args.groups.split(",")}
+    variants = {n: VARIANTS[n] for n in args.variants.split(",")} if args.variants else VARIANTS
     k = 8
     if args.quick:
         groups, k = {"~16": (14, 18)}, 4
-        variants = {n: VARIANTS[n] for n in ("paper (no prefix), fp32", "bos prefix, bf16")}
+        variants = {n: VARIANTS[n] for n in ("paper-fp32", "bos-bf16")}
     rows = []
     for gname, (lo, hi) in groups.items():
         texts = pick_texts(llm, lo, hi, k)
-        for name, kw in variants.items():
+        for name, kw in variants.values():
             cfg = FitConfig(max_steps=args.max_steps, num_slots=k, **kw)
             row = dict(run(llm, texts, name, cfg), group=gname)
             rows.append(row)

@@ -31,7 +31,9 @@ class FitConfig:
     weight_decay: float = 0.01
     """AdamW decoupled weight decay on e and m (Paper A: 0.01)."""
     init: str = "embed_std"
-    """'embed_std': randn scaled by the std of the LLM's embedding matrix; 'randn': plain N(0, 1)."""
+    """'embed_std': randn scaled by the std of the LLM's embedding matrix; 'randn': plain N(0, 1);
+    'teacher' (build-corpus): e starts at a fixed projection of the text's teacher embedding, scaled to
+    a token's norm, m as 'embed_std'. The projection is one frame for the whole corpus."""
     prefix: str = "bos"
     """Fixed, untrained tokens before e: 'bos' (the tokenizer's BOS), 'none', or literal text."""
     first: str = "e"
@@ -55,7 +57,7 @@ class FitConfig:
         _check(self.lr > 0, "lr must be > 0")
         _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "betas must be in [0, 1)")
         _check(self.weight_decay >= 0, "weight_decay must be >= 0")
-        _check(self.init in ("embed_std", "randn"), "init must be 'embed_std' or 'randn'")
+        _check(self.init in ("embed_std", "randn", "teacher"), "init must be 'embed_std', 'randn' or 'teacher'")
         _check(self.first in ("e", "m"), "first must be 'e' or 'm'")
         _check(self.precision in ("bf16", "fp32"), "precision must be 'bf16' or 'fp32'")
         _check(self.num_slots >= 1, "num_slots must be >= 1")
@@ -71,3 +73,67 @@ class FitConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """How `nar build-corpus` reads its input and regularises the fit (fit options are in FitConfig)."""
+
+    input: str
+    """A .jsonl/.json/.csv/.tsv/.parquet/.txt file, a folder saved by `datasets`, or a hub dataset name."""
+    out: str
+    """Corpus folder (created, or resumed when it already holds a corpus)."""
+    text_column: str | None = None
+    """Column of texts to autoencode (target = source). Default: 'text' unless source/target are given."""
+    source_column: str | None = None
+    """Column of sources for seq2seq pairs (stored for the encoder)."""
+    target_column: str | None = None
+    """Column of targets for seq2seq pairs (the proto-tokens are fitted to these)."""
+    id_column: str | None = None
+    """Column of unique ids; default 'id' if present, else a hash of (source, target)."""
+    split: str = "train"
+    """Split to read from a saved DatasetDict or a hub dataset."""
+    limit: int | None = None
+    """Use only the first N rows of the input."""
+    on_long: str = "skip"
+    """Targets over max_tokens: 'skip' them or 'truncate' them to max_tokens (both counted)."""
+    model: str = "smollm2-135m-instruct"
+    """Frozen LLM (see `nar reconstruct --help`)."""
+    teacher: str = "all-MiniLM-L6-v2"
+    """Sentence-transformers teacher: the embedded default, a name, or a local path."""
+    rd_weight: float = 1.0
+    """Weight of relational distillation (0 disables)."""
+    rd_target: str = "e"
+    """Which proto-token the relations are imposed on: 'e', 'm' or 'em' (both, concatenated)."""
+    rd_bank: int = 256
+    """Also relate each batch to the last K finished texts (a memory bank; 0 = batch-level RD only)."""
+    anchor_weight: float = 0.0
+    """Weight of the anchor loss (a fixed projection of e pulled towards the teacher embedding)."""
+    projection_seed: int = 0
+    """Seed of the fixed teacher<->proto-token projection (teacher init and anchor loss)."""
+    shard_size: int = 1024
+    """Rows per shard after the end-of-run compaction."""
+    log_dir: str | None = None
+    """TensorBoard log folder; default CORPUS_DIR/tb."""
+    device: str = "auto"
+    """'auto', 'cpu', 'cuda', ..."""
+    rank: int = 0
+    """This worker's rank (multi-process builds take the rows with index % world_size == rank)."""
+    world_size: int = 1
+    """Number of workers sharing the input."""
+
+    def __post_init__(self) -> None:
+        _check(self.on_long in ("skip", "truncate"), "on_long must be 'skip' or 'truncate'")
+        _check(self.rd_weight >= 0 and self.anchor_weight >= 0, "loss weights must be >= 0")
+        _check(self.rd_target in ("e", "m", "em"), "rd_target must be 'e', 'm' or 'em'")
+        _check(self.rd_bank >= 0, "rd_bank must be >= 0")
+        _check(self.shard_size >= 1, "shard_size must be >= 1")
+        _check(self.limit is None or self.limit >= 1, "limit must be >= 1")
+        _check(0 <= self.rank < self.world_size, "rank must be in [0, world_size)")
+        _check(self.text_column is None or (self.source_column is None and self.target_column is None),
+               "give --text-column, or --source-column with --target-column, not both")
+        _check((self.source_column is None) == (self.target_column is None),
+               "--source-column and --target-column go together")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

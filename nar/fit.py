@@ -39,6 +39,10 @@ class FitItem:
     """Anything the caller wants back with the result (source text, teacher embedding, ...)."""
     init_key: str | None = None
     """Seeds the initial vectors instead of `key` (e.g. the text itself, so order does not matter)."""
+    init_e: torch.Tensor | None = None
+    """Start e here instead of at random (teacher-aligned init, warm starts). (D,)"""
+    init_m: torch.Tensor | None = None
+    """Start m here instead of at random. (D,)"""
 
     @property
     def seed_key(self) -> str:
@@ -131,8 +135,10 @@ def fit_stream(llm: FrozenLLM, items: Iterable[FitItem], cfg: FitConfig, *,
             slots[i] = None
             return False
         with torch.no_grad():
-            e_params[i].copy_(init_vector(item.seed_key + "/e", cfg.seed, dim, scale))
-            m_params[i].copy_(init_vector(item.seed_key + "/m", cfg.seed, dim, scale))
+            e_params[i].copy_(item.init_e if item.init_e is not None
+                              else init_vector(item.seed_key + "/e", cfg.seed, dim, scale))
+            m_params[i].copy_(item.init_m if item.init_m is not None
+                              else init_vector(item.seed_key + "/m", cfg.seed, dim, scale))
         for p in (e_params[i], m_params[i]):
             opt.state.pop(p, None)
             p.grad = None
@@ -171,7 +177,7 @@ def fit_stream(llm: FrozenLLM, items: Iterable[FitItem], cfg: FitConfig, *,
                 done.append((i, False))
         if on_step:
             on_step(StepStats(step, len(act), float(loss.detach()), float(acc.mean()),
-                              {k: float(v) for k, v in extras.items()}))
+                              {k: float(v.detach()) for k, v in extras.items()}))
         finished = {i for i, _ in done}
         opt.zero_grad(set_to_none=True)
         if len(finished) < len(act):
@@ -234,7 +240,8 @@ def _fit_shared_m(llm: FrozenLLM, items: list[FitItem], cfg: FitConfig, *, extra
     layout = make_layout(llm, cfg)
     dev, dim = llm.device, llm.hidden_size
     scale = llm.embed_std if cfg.init == "embed_std" else 1.0
-    E = torch.stack([init_vector(it.seed_key + "/e", cfg.seed, dim, scale) for it in items]).to(dev)
+    E = torch.stack([it.init_e if it.init_e is not None else init_vector(it.seed_key + "/e", cfg.seed, dim, scale)
+                     for it in items]).to(dev)
     E.requires_grad_(True)
     m = init_vector("shared/m", cfg.seed, dim, scale).to(dev).unsqueeze(0).requires_grad_(True)
     opt = torch.optim.AdamW([E, m], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
@@ -255,7 +262,7 @@ def _fit_shared_m(llm: FrozenLLM, items: list[FitItem], cfg: FitConfig, *, extra
             best = (mean_acc, total, E.detach().cpu().clone(), m.detach().cpu().clone(), acc.cpu(), ce.detach().cpu())
         if on_step:
             on_step(StepStats(steps, len(items), float(loss.detach()), mean_acc,
-                              {k: float(v) for k, v in extras.items()}))
+                              {k: float(v.detach()) for k, v in extras.items()}))
         if float(acc.min()) >= cfg.target_acc or steps >= cfg.max_steps:
             break
         opt.zero_grad(set_to_none=True)

@@ -1,0 +1,1 @@
+"""Analyses of proto-token space; one module per question, each returning numbers (and writing plots)."""

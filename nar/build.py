@@ -1,0 +1,163 @@
+"""The build-corpus job: read texts, embed them with the teacher, fit proto-tokens, store them resumably."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from nar import __version__
+from nar.config import BuildConfig, FitConfig
+from nar.corpus import ShardWriter, done_ids, read_manifest, read_table, write_manifest
+from nar.data import read_rows
+from nar.errors import NarError
+from nar.fit import FitItem, FitResult, fit_stream, make_layout
+from nar.llm import FrozenLLM, frozen_llm_info, load_llm
+from nar.losses import MemoryBank, TeacherRegulariser, proto_view, teacher_projection
+from nar.monitor import FitProgress, NullWriter, TensorBoardWriter
+from nar.teacher import Teacher, load_teacher
+
+log = logging.getLogger(__name__)
+
+
+def open_corpus(out: Path, llm: FrozenLLM, teacher: Teacher, fcfg: FitConfig, bcfg: BuildConfig) -> dict:
+    """Create the corpus folder, or check that an existing one was made with the same models and layout."""
+    layout = make_layout(llm, fcfg).to_dict()
+    if (out / "manifest.json").is_file():
+        man = read_manifest(out)
+        if man["llm"]["fingerprint"] != llm.fingerprint:
+            raise NarError(f"{out} was built with LLM {man['llm']['fingerprint']}, not {llm.fingerprint}; "
+                           "use another --out folder")
+        if man["teacher"]["fingerprint"] != teacher.fingerprint:
+            raise NarError(f"{out} was built with teacher {man['teacher']['fingerprint']}, not "
+                           f"{teacher.fingerprint}; use another --out folder")
+        if man.get("layout") != layout:
+            raise NarError(f"{out} uses layout {man.get('layout')}, this run {layout} (--prefix/--first differ)")
+        changed = {k: (man["fit_config"].get(k), v) for k, v in fcfg.to_dict().items()
+                   if man["fit_config"].get(k) != v}
+        if changed:
+            log.warning("resuming %s with different fit options %s; each run's options are kept in the manifest",
+                        out, changed)
+        return man
+    if out.exists() and any(out.iterdir()):
+        raise NarError(f"{out} exists, is not empty and holds no nar corpus; choose another --out")
+    man = {"llm": frozen_llm_info(llm),
+           "teacher": {"name": teacher.name, "fingerprint": teacher.fingerprint, "dim": teacher.dim},
+           "layout": layout, "fit_config": fcfg.to_dict(), "build_config": bcfg.to_dict(), "runs": [],
+           "counts": {}}
+    write_manifest(out, man)
+    return man
+
+
+def _row(r: FitResult, rank: int) -> dict:
+    p = r.payload
+    return {"id": r.key, "source": p["source"], "target": p["target"], "token_ids": r.token_ids,
+            "n_tokens": r.n_tokens, "e": r.e.tolist(), "m": r.m.tolist(), "accuracy": r.accuracy,
+            "steps": r.steps, "loss": r.loss, "seconds": r.seconds, "converged": r.converged,
+            "failed": r.failed, "teacher": p["teacher"].tolist(), "rank": rank}
+
+
+def _seed_bank(out: Path, bank: MemoryBank, rd_target: str) -> None:
+    """Start the memory bank from the corpus already written, so a resumed run keeps the same frame."""
+    if bank.size == 0:
+        return
+    table = read_table(out, ["e", "m", "teacher", "failed"])
+    n = table.num_rows
+    for i in range(max(0, n - bank.size), n):
+        if table.column("failed")[i].as_py():
+            continue
+        e = torch.tensor(table.column("e")[i].as_py())[None]
+        m = torch.tensor(table.column("m")[i].as_py())[None]
+        bank.add(proto_view(e, m, rd_target)[0], torch.tensor(table.column("teacher")[i].as_py()))
+
+
+def build_corpus(bcfg: BuildConfig, fcfg: FitConfig, *, llm: FrozenLLM | None = None,
+                 teacher: Teacher | None = None, show_progress: bool = True) -> dict:
+    """Fit every pending row of the input into the corpus at `bcfg.out`; returns a summary of counts."""
+    t_start = time.perf_counter()
+    if fcfg.share_m:
+        raise NarError("build-corpus fits per-text m (a shared m cannot be resumed text by text)")
+    rows, rstats = read_rows(bcfg)
+    llm = llm or load_llm(bcfg.model, device=bcfg.device)
+    teacher = teacher or load_teacher(bcfg.teacher)
+    out = Path(bcfg.out)
+    man = open_corpus(out, llm, teacher, fcfg, bcfg)
+    done = done_ids(out)
+    counts = {"input_rows": rstats.rows, "other_ranks": rstats.other_ranks, "skipped_empty": rstats.skipped_empty,
+              "skipped_duplicate": rstats.skipped_duplicate, "already_done": 0, "skipped_long": 0, "truncated": 0}
+    todo = []
+    for r in rows:
+        if r.id in done:
+            counts["already_done"] += 1
+            continue
+        ids = llm.encode(r.target)
+        if fcfg.append_eos and llm.eos_id is not None:
+            ids.append(llm.eos_id)
+        if not ids:
+            counts["skipped_empty"] += 1
+            continue
+        target = r.target
+        if len(ids) > fcfg.max_tokens:
+            if bcfg.on_long == "skip":
+                counts["skipped_long"] += 1
+                continue
+            ids = ids[: fcfg.max_tokens]
+            target = llm.tokenizer.decode(ids, skip_special_tokens=True)
+            counts["truncated"] += 1
+        todo.append((r, ids, target))
+
+    T = teacher.encode([t for _, _, t in todo]) if todo else torch.zeros(0, teacher.dim)
+    Q = None
+    if fcfg.init == "teacher" or bcfg.anchor_weight > 0:
+        Q = teacher_projection(teacher.dim, llm.hidden_size, bcfg.projection_seed)
+    items = []
+    for (r, ids, target), t in zip(todo, T):
+        init_e = F.normalize(t @ Q, dim=0) * llm.embed_norm if fcfg.init == "teacher" else None
+        items.append(FitItem(key=r.id, ids=ids, init_e=init_e,
+                             payload={"source": r.source, "target": target, "teacher": t}))
+
+    bank = MemoryBank(bcfg.rd_bank if bcfg.rd_weight > 0 else 0)
+    _seed_bank(out, bank, bcfg.rd_target)
+    reg = None
+    if bcfg.rd_weight > 0 or bcfg.anchor_weight > 0:
+        reg = TeacherRegulariser(bcfg.rd_weight, bcfg.anchor_weight, bcfg.rd_target, Q, bank)
+    writer = ShardWriter(out, llm.hidden_size, teacher.dim, rank=bcfg.rank)
+    tb = TensorBoardWriter(bcfg.log_dir or out / "tb") if items else NullWriter()
+    results: list[FitResult] = []
+    t_fit = time.perf_counter()
+    try:
+        with FitProgress(len(items), "build-corpus", enabled=show_progress, writer=tb) as prog:
+            for res in fit_stream(llm, items, fcfg, extra_loss=reg, on_step=prog.on_step):
+                writer.write([_row(res, bcfg.rank)])  # durable before the slot is reused
+                if not res.failed:
+                    bank.add(proto_view(res.e[None], res.m[None], bcfg.rd_target)[0], res.payload["teacher"])
+                res.e = res.m = None  # keep only the figures in memory
+                results.append(res)
+                prog.on_result(res)
+    finally:
+        tb.close()
+        writer.compact(bcfg.shard_size)
+    fit_seconds = time.perf_counter() - t_fit
+    conv = [r for r in results if r.converged]
+    run = {
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "rank": bcfg.rank, "world_size": bcfg.world_size,
+        "input": bcfg.input, "nar_version": __version__, "fit_config": fcfg.to_dict(),
+        "build_config": bcfg.to_dict(), **counts,
+        "fitted": len(results), "converged": len(conv), "failed": sum(r.failed for r in results),
+        "median_steps": statistics.median(r.steps for r in results) if results else None,
+        "mean_accuracy": round(sum(r.accuracy for r in results) / len(results), 4) if results else None,
+        "fit_seconds": round(fit_seconds, 1),
+        "texts_per_hour": round(3600 * len(results) / fit_seconds, 1) if results else None,
+        "wall_seconds": round(time.perf_counter() - t_start, 1),
+    }
+    if bcfg.rank == 0:
+        man = read_manifest(out)
+        man["runs"] = [*man.get("runs", []), run]
+        total = read_table(out, ["converged"])
+        man["counts"] = {"rows": total.num_rows, "converged": sum(total.column("converged").to_pylist())}
+        write_manifest(out, man)
+    return run

@@ -1,0 +1,105 @@
+"""Reading build inputs through `datasets`: files, saved datasets, hub names; columns and ids."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nar.config import BuildConfig
+from nar.errors import NarError
+
+_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet",
+             ".txt": "text"}
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+
+
+@dataclass
+class Row:
+    id: str
+    source: str
+    target: str
+
+
+@dataclass
+class ReadStats:
+    rows: int = 0
+    skipped_empty: int = 0
+    skipped_duplicate: int = 0
+    other_ranks: int = 0
+    counts: dict = field(default_factory=dict)
+
+
+def load_dataset_any(spec: str, split: str = "train"):
+    """A `datasets.Dataset` from a local file, a folder saved with `save_to_disk`, or a hub name."""
+    import datasets
+
+    path = Path(spec).expanduser()
+    try:
+        if path.is_dir():
+            ds = datasets.load_from_disk(str(path))
+            if isinstance(ds, datasets.DatasetDict):
+                if split not in ds:
+                    raise NarError(f"{spec} has splits {sorted(ds)}, not {split!r}; pass --split")
+                ds = ds[split]
+            return ds
+        if path.is_file():
+            builder = _BUILDERS.get(path.suffix.lower())
+            if builder is None:
+                raise NarError(f"cannot read {spec}: unknown file type {path.suffix!r} "
+                               f"(use one of {sorted(_BUILDERS)})")
+            kwargs = {"delimiter": "\t", "quoting": 3} if path.suffix.lower() == ".tsv" else {}
+            return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
+        if spec.startswith((".", "/", "~")) or path.suffix.lower() in _BUILDERS:
+            raise NarError(f"cannot read {spec}: no such file or folder")
+        return datasets.load_dataset(spec, split=split)
+    except NarError:
+        raise
+    except Exception as exc:  # datasets raises many types (DatasetNotFoundError, ArrowInvalid, ...)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise NarError(f"cannot read {spec}: {first}") from exc
+
+
+def row_id(source: str, target: str) -> str:
+    """Stable id of a row without an id column, so reruns skip it (resume)."""
+    return hashlib.sha1(f"{source}\x1f{target}".encode()).hexdigest()[:16]
+
+
+def read_rows(cfg: BuildConfig) -> tuple[list[Row], ReadStats]:
+    """Rows for this worker (rank), with empty and duplicate rows skipped and counted."""
+    ds = load_dataset_any(cfg.input, cfg.split)
+    cols = list(ds.column_names)
+    if cfg.source_column is not None:
+        src_col, tgt_col = cfg.source_column, cfg.target_column
+    else:
+        src_col = tgt_col = cfg.text_column or "text"
+    for c in {src_col, tgt_col}:
+        if c not in cols:
+            hint = ("" if cfg.text_column or cfg.source_column
+                    else " (pass --text-column, or --source-column with --target-column)")
+            raise NarError(f"{cfg.input} has no column {c!r}; its columns are {cols}{hint}")
+    id_col = cfg.id_column or ("id" if "id" in cols else None)
+    if id_col is not None and id_col not in cols:
+        raise NarError(f"{cfg.input} has no id column {id_col!r}; its columns are {cols}")
+    if cfg.limit is not None:
+        ds = ds.select(range(min(cfg.limit, len(ds))))
+    sources, targets = ds[src_col], ds[tgt_col]
+    ids = ds[id_col] if id_col else [None] * len(ds)
+    stats = ReadStats()
+    rows, seen = [], set()
+    for i, (s, t, k) in enumerate(zip(sources, targets, ids)):
+        stats.rows += 1
+        if i % cfg.world_size != cfg.rank:
+            stats.other_ranks += 1
+            continue
+        if t is None or not str(t).strip():
+            stats.skipped_empty += 1
+            continue
+        s = "" if s is None else str(s)
+        rid = str(k) if k is not None else row_id(s, str(t))
+        if rid in seen:
+            stats.skipped_duplicate += 1
+            continue
+        seen.add(rid)
+        rows.append(Row(rid, s, str(t)))
+    return rows, stats

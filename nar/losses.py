@@ -1,0 +1,127 @@
+"""Regularisers that tie proto-token space to a sentence-embedding teacher (formulas in docs/METHOD.md).
+
+Reconstruction cross-entropy lives in `nar.fit`; here are the cross-text terms:
+
+- relational distillation (RD): the cosine-similarity matrix of the proto-tokens is pulled towards the
+  teacher's matrix for the same texts (only relations, never positions), optionally against a bank of
+  already-finished texts so every batch is measured in one frame;
+- anchor loss: a fixed projection of the proto-token is pulled towards the teacher embedding itself.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import torch
+import torch.nn.functional as F
+
+from nar.errors import NarError
+
+RD_TARGETS = ("e", "m", "em")
+
+
+def proto_view(E: torch.Tensor, M: torch.Tensor, target: str) -> torch.Tensor:
+    """The vectors RD compares: e (B, D), m (B, D) or [e; m] (B, 2D). M may be (1, D) when shared."""
+    if target == "e":
+        return E
+    M = M.expand_as(E)
+    if target == "m":
+        return M
+    if target == "em":
+        return torch.cat([E, M], dim=-1)
+    raise NarError(f"rd target must be one of {RD_TARGETS}, not {target!r}")
+
+
+def relational_loss(P: torch.Tensor, T: torch.Tensor, bank_P: torch.Tensor | None = None,
+                    bank_T: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared difference between proto-token and teacher cosine similarities.
+
+    P: (B, Dp) proto-tokens, T: (B, Dt) teacher embeddings of the same texts; optional bank_P (K, Dp)
+    and bank_T (K, Dt) of finished texts (constants). Pairs: all i != j inside the batch, plus every
+    (batch, bank) pair. Zero iff the similarity matrices agree on those pairs.
+    """
+    Pn, Tn = F.normalize(P.float(), dim=-1), F.normalize(T.float(), dim=-1)
+    b = P.shape[0]
+    diffs = []
+    if b > 1:
+        off = ~torch.eye(b, dtype=torch.bool, device=P.device)
+        diffs.append(((Pn @ Pn.T) - (Tn @ Tn.T))[off])
+    if bank_P is not None and bank_P.shape[0] > 0:
+        Bp = F.normalize(bank_P.to(P.device).float(), dim=-1)
+        Bt = F.normalize(bank_T.to(P.device).float(), dim=-1)
+        diffs.append(((Pn @ Bp.T) - (Tn @ Bt.T)).flatten())
+    if not diffs:
+        return P.sum() * 0.0
+    return torch.cat(diffs).pow(2).mean()
+
+
+def teacher_projection(teacher_dim: int, dim: int, seed: int = 0) -> torch.Tensor:
+    """A fixed (teacher_dim, dim) matrix: the one frame shared by the whole corpus.
+
+    t @ Q maps a teacher embedding into proto-token space (teacher-aligned init); p @ Q.T maps a
+    proto-token back (anchor loss). When teacher_dim <= dim the rows are orthonormal, so teacher
+    cosines are preserved exactly; otherwise (an LLM narrower than the teacher) the columns are, and
+    cosines are preserved approximately (a random projection).
+    """
+    g = torch.Generator().manual_seed(seed)
+    if teacher_dim <= dim:
+        q, _ = torch.linalg.qr(torch.randn(dim, teacher_dim, generator=g))
+        return q.T.contiguous()
+    q, _ = torch.linalg.qr(torch.randn(teacher_dim, dim, generator=g))
+    return q.contiguous()
+
+
+def anchor_loss(P: torch.Tensor, T: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+    """Mean (1 - cos(P Q^T, T)). P: (B, D); T: (B, Dt); Q: (Dt, D) from `teacher_projection`."""
+    return (1 - F.cosine_similarity(P.float() @ Q.to(P.device).T, T.to(P.device).float(), dim=-1)).mean()
+
+
+class MemoryBank:
+    """The last `size` finished proto-tokens with their teacher embeddings (constants for RD)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._p: deque[torch.Tensor] = deque(maxlen=max(size, 1))
+        self._t: deque[torch.Tensor] = deque(maxlen=max(size, 1))
+
+    def add(self, p: torch.Tensor, t: torch.Tensor) -> None:
+        if self.size > 0 and torch.isfinite(p).all():
+            self._p.append(p.detach().float().cpu())
+            self._t.append(t.detach().float().cpu())
+
+    def __len__(self) -> int:
+        return len(self._p) if self.size > 0 else 0
+
+    def tensors(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if len(self) == 0:
+            return None, None
+        return torch.stack(list(self._p)), torch.stack(list(self._t))
+
+
+class TeacherRegulariser:
+    """The extra loss passed to `nar.fit.fit_stream`: rd_weight * RD + anchor_weight * anchor.
+
+    Each item's payload must carry "teacher": (Dt,) unit-norm tensor.
+    """
+
+    def __init__(self, rd_weight: float, anchor_weight: float, rd_target: str, Q: torch.Tensor | None,
+                 bank: MemoryBank | None = None):
+        if rd_target not in RD_TARGETS:
+            raise NarError(f"rd target must be one of {RD_TARGETS}, not {rd_target!r}")
+        self.rd_weight, self.anchor_weight, self.rd_target = rd_weight, anchor_weight, rd_target
+        self.Q, self.bank = Q, bank
+        self._cache: dict[tuple[str, ...], torch.Tensor] = {}
+
+    def __call__(self, E: torch.Tensor, M: torch.Tensor, items) -> dict[str, torch.Tensor]:
+        keys = tuple(it.key for it in items)
+        T = self._cache.get(keys)
+        if T is None:  # the set of co-resident texts changes only when a slot is refilled
+            T = torch.stack([it.payload["teacher"] for it in items]).to(E.device)
+            self._cache = {keys: T}
+        out: dict[str, torch.Tensor] = {}
+        if self.rd_weight > 0:
+            bp, bt = self.bank.tensors() if self.bank is not None else (None, None)
+            out["rd_loss"] = self.rd_weight * relational_loss(proto_view(E, M, self.rd_target), T, bp, bt)
+        if self.anchor_weight > 0:
+            out["anchor_loss"] = self.anchor_weight * anchor_loss(E, T, self.Q)
+        return out
