@@ -227,6 +227,214 @@ def make_pairs_cmd(
                       "--source-column source --target-column target --append-eos --out corpora/pairs")
 
 
+index_app = typer.Typer(help="FAISS indexes over proto-token space, and the TensorBoard projector.",
+                         no_args_is_help=True)
+app.add_typer(index_app, name="index")
+analyze_app = typer.Typer(help="The papers' analyses of proto-token space; each writes PNG + JSON + CSV.",
+                          no_args_is_help=True)
+app.add_typer(analyze_app, name="analyze")
+SPACE_HELP = "Proto-token space: 'e', 'm' or 'em' ([e; m], each half normalised)."
+
+
+@index_app.command("build")
+def index_build_cmd(
+    corpus: Path = typer.Argument(..., help="Corpus folder."),
+    space: str = typer.Option("e", help=SPACE_HELP),
+    kind: str = typer.Option("flat", help="'flat' (exact), 'ivf' (large corpora) or 'hnsw' (graph)."),
+    nlist: int | None = typer.Option(None, help="IVF lists (default 4*sqrt(N))."),
+    nprobe: int = typer.Option(8, help="IVF lists visited per query."),
+    hnsw_m: int = typer.Option(32, help="HNSW neighbours per node."),
+    ef_search: int = typer.Option(64, help="HNSW search breadth."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Build (or rebuild) a FAISS index over L2-normalised proto-tokens, saved beside the corpus."""
+    setup_logging(False)
+    from nar.index import build_index
+
+    idx = build_index(corpus, space, kind, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, ef_search=ef_search)
+    if as_json:
+        print_json(idx.meta)
+    else:
+        console.print(f"built {kind} index over {idx.meta['count']} {space} vectors (dim {idx.meta['dim']}) in "
+                      f"{corpus}/index/")
+
+
+@index_app.command("projector")
+def index_projector_cmd(
+    corpus: Path = typer.Argument(..., help="Corpus folder."),
+    space: str = typer.Option("e", help=SPACE_HELP),
+    log_dir: Path | None = typer.Option(None, help="Output folder (default CORPUS/projector/SPACE)."),
+) -> None:
+    """Write the proto-tokens with their texts as a TensorBoard embedding-projector log."""
+    setup_logging(False)
+    from nar.index import write_projector
+
+    out = write_projector(corpus, space, log_dir)
+    console.print(f"projector log in {out}; view it with: tensorboard --logdir {out}  (Projector tab)")
+
+
+@app.command()
+def neighbors(
+    corpus: Path = typer.Argument(..., help="Corpus folder."),
+    id: str | None = typer.Option(None, "--id", help="A corpus row's id."),
+    text: str | None = typer.Option(None, "--text", help="A text: looked up if in the corpus, else fitted first."),
+    file: Path | None = typer.Option(None, "--file", help="A file whose first non-empty line is the query text."),
+    k: int = typer.Option(10, "-k", help="How many neighbours."),
+    space: str = typer.Option("e", help=SPACE_HELP),
+    kind: str = typer.Option("flat", help="Index kind (built on demand if missing)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {id, text, score}."),
+) -> None:
+    """The k nearest texts in proto-token space, and their agreement with the teacher's (recall@k)."""
+    setup_logging(False)
+    from nar.errors import NarError
+    from nar.index import neighbors as find
+
+    if file is not None:
+        text = read_texts(None, file)[0]
+    if sum(x is not None for x in (id, text)) != 1:
+        raise NarError("give exactly one of --id, --text or --file")
+    res = find(corpus, id=id, text=text, k=k, space=space, kind=kind)
+    if as_json:
+        print_json([dict(r, recall_at_k=res["recall_at_k"]) for r in res["rows"]])
+        return
+    from rich.table import Table
+
+    how = "fitted in the corpus frame" if res["fitted"] else f"id {res['query']['id']}"
+    t = Table(title=f"nearest to {res['query']['text']!r} ({how}); {space}-space")
+    for c in ("#", "score", "id", "text"):
+        t.add_column(c)
+    for i, r in enumerate(res["rows"], 1):
+        t.add_row(str(i), f"{r['score']:.3f}", r["id"], r["text"])
+    console.print(t)
+    console.print(f"recall@{k} against the teacher's neighbours: {res['recall_at_k']:.2f}")
+
+
+def _report(res: dict, as_json: bool, title: str, keys: list[str]) -> None:
+    if as_json:
+        print_json(res)
+        return
+    from rich.table import Table
+
+    t = Table(title=title)
+    for k in keys:
+        t.add_column(k)
+    for r in res["rows"]:
+        t.add_row(*[f"{r[k]:.3f}" if isinstance(r.get(k), float) else str(r.get(k)) for k in keys])
+    console.print(t)
+    console.print("files: " + ", ".join(res["files"].values()))
+
+
+@analyze_app.command("stability")
+def analyze_stability_cmd(
+    corpus: Path = typer.Argument(..., help="Corpus folder."),
+    out: Path = typer.Option(Path("out/analysis/stability"), "--out", "-o", help="Output folder."),
+    sample: int = typer.Option(32, help="Converged texts to perturb."),
+    alphas: str = typer.Option("0,0.05,0.1,0.2,0.3,0.5,0.75,1.0", help="Noise intensities (noise norm / norm)."),
+    repeats: int = typer.Option(3, help="Noise draws per alpha."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Accuracy vs noise intensity on e, m, both, for Gaussian/uniform/random-direction noise."""
+    setup_logging(False)
+    from nar.analysis.stability import run_stability
+
+    res = run_stability(corpus, out, sample=sample, alphas=[float(a) for a in alphas.split(",")], repeats=repeats)
+    _report(res, as_json, f"stability ({res['texts']} texts)", ["noise", "target", "alpha", "token_acc", "exact",
+                                                                 "self_nn"])
+
+
+@analyze_app.command("attention")
+def analyze_attention_cmd(
+    corpus: Path = typer.Argument(..., help="Corpus folder."),
+    out: Path = typer.Option(Path("out/analysis/attention"), "--out", "-o", help="Output folder."),
+    sample: int = typer.Option(16, help="Converged texts to average over."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Attention paid to e (and to the prefix) per layer and head while reconstructing."""
+    setup_logging(False)
+    from nar.analysis.attention import run_attention
+
+    res = run_attention(corpus, out, sample=sample)
+    _report(res, as_json, f"attention to e (mean {res['mean_to_e']:.3f}; uniform would be "
+                          f"{res['uniform_baseline']:.3f})", ["layer", "mean_to_e", "max_head_to_e", "argmax_head",
+                                                               "mean_to_prefix"])
+
+
+@analyze_app.command("semantics")
+def analyze_semantics_cmd(
+    out: Path = typer.Option(Path("out/analysis/semantics"), "--out", "-o", help="Output folder (corpora reused)."),
+    pairs: int = typer.Option(100, help="STS-B dev pairs (seeded sample)."),
+    stsb: Path = typer.Option(None, help="STS-B tsv (default ../shared/data/stsb/dev.tsv)."),
+    variants: str = typer.Option("none,teacher_bank", help="Fitting variants to compare (see docs/ANALYSES.md)."),
+    max_steps: int = typer.Option(200, help="Steps per text."),
+    augment: Path | None = typer.Option(Path("data/augment.jsonl"), help="Original/lexical/semantic triples."),
+    model: str = typer.Option("smollm2-135m-instruct", help=MODEL_HELP),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """How much meaning e and m carry: STS-B Spearman (e, m, [e; m], teacher) and augmentations."""
+    setup_logging(False)
+    from nar.analysis.semantics import STSB_DEV, run_semantics
+    from nar.llm import load_llm
+    from nar.teacher import load_teacher
+
+    res = run_semantics(out, llm=load_llm(model), teacher=load_teacher(), pairs=pairs, max_steps=max_steps,
+                        variants=variants.split(","), augment_file=augment, stsb=stsb or STSB_DEV,
+                        show_progress=not as_json)
+    _report(res, as_json, f"STS-B Spearman with human scores ({pairs} pairs)",
+            ["variant", "sts_e", "sts_m", "sts_em", "sts_teacher", "agree_e", "mean_acc"])
+    if not as_json and res.get("augmentation"):
+        for space, d in res["augmentation"].items():
+            console.print(f"{space:8} cosine distance: lexical {d['lexical']:.3f}  semantic {d['semantic']:.3f}  "
+                          f"semantic farther in {100 * d['semantic_farther_frac']:.0f}% of triples")
+
+
+@analyze_app.command("capacity")
+def analyze_capacity_cmd(
+    out: Path = typer.Option(Path("out/analysis/capacity"), "--out", "-o", help="Output folder."),
+    texts: int = typer.Option(3, help="How many long texts (bundled texts joined in order)."),
+    ns: str = typer.Option("8,16,24,32,48", help="Target lengths N."),
+    max_steps: int = typer.Option(800, help="Steps per (text, N)."),
+    threshold: float = typer.Option(0.99, help="Accuracy that counts as reconstructed."),
+    model: str = typer.Option("smollm2-135m-instruct", help=MODEL_HELP),
+    precision: str = typer.Option("bf16", help="'bf16' or 'fp32'."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Accuracy vs N: the largest N two proto-tokens reconstruct at >= threshold."""
+    setup_logging(False)
+    from nar.analysis.capacity import run_capacity
+    from nar.config import FitConfig
+    from nar.data import long_texts
+    from nar.llm import load_llm
+
+    llm = load_llm(model)
+    ns_list = [int(x) for x in ns.split(",")]
+    cfg = FitConfig(max_steps=max_steps, target_acc=threshold, precision=precision, max_tokens=max(ns_list))
+    res = run_capacity(long_texts(llm, texts, max(ns_list)), out, llm=llm, ns=ns_list, cfg=cfg, threshold=threshold)
+    _report(res, as_json, f"capacity (largest N per text: {res['largest_n_per_text']})",
+            ["text", "n", "accuracy", "steps", "seconds"])
+
+
+@analyze_app.command("connectivity")
+def analyze_connectivity_cmd(
+    out: Path = typer.Option(Path("out/analysis/connectivity"), "--out", "-o", help="Output folder."),
+    file: Path = typer.Option(Path("data/demo.txt"), "--file", help="Texts (one per line)."),
+    texts: int = typer.Option(2, help="How many texts of the file."),
+    max_steps: int = typer.Option(400, help="Steps per solution."),
+    curve_steps: int = typer.Option(150, help="Steps training the Bezier control point."),
+    model: str = typer.Option("smollm2-135m-instruct", help=MODEL_HELP),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Two solutions from different seeds: accuracy along the straight line vs a trained Bezier curve."""
+    setup_logging(False)
+    from nar.analysis.connectivity import run_connectivity
+    from nar.config import FitConfig
+    from nar.llm import load_llm
+
+    res = run_connectivity(read_texts(None, file)[:texts], out, llm=load_llm(model),
+                           cfg=FitConfig(max_steps=max_steps), curve_steps=curve_steps)
+    _report(res, as_json, "connectivity", ["n_tokens", "acc_a", "acc_b", "cos_e_ab", "line_min_acc",
+                                           "curve_min_acc"])
+
+
 def main() -> None:
     """Console-script entry: user errors become one red line and exit code 1, never a traceback."""
     from nar.errors import NarError

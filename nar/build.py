@@ -161,3 +161,38 @@ def build_corpus(bcfg: BuildConfig, fcfg: FitConfig, *, llm: FrozenLLM | None = 
         man["counts"] = {"rows": total.num_rows, "converged": sum(total.column("converged").to_pylist())}
         write_manifest(out, man)
     return run
+
+
+def fit_in_corpus_frame(path: str | Path, texts: list[str], *, llm: FrozenLLM | None = None,
+                        teacher: Teacher | None = None, max_steps: int | None = None) -> list[FitResult]:
+    """Fit new texts exactly as the corpus was fitted (same model, layout, init frame, regularisers),
+    without writing them, e.g. to find their neighbours. Results in input order."""
+    path = Path(path)
+    man = read_manifest(path)
+    fcfg = FitConfig.from_dict(man["fit_config"])
+    if max_steps is not None:
+        fcfg = FitConfig.from_dict({**fcfg.to_dict(), "max_steps": max_steps})
+    b = man.get("build_config", {})
+    llm = llm or load_llm(b.get("model", "smollm2-135m-instruct"), device=b.get("device", "auto"))
+    if llm.fingerprint != man["llm"]["fingerprint"]:
+        raise NarError(f"{path} was built with LLM {man['llm']['fingerprint']}, the loaded model is {llm.fingerprint}")
+    teacher = teacher or load_teacher(b.get("teacher", "all-MiniLM-L6-v2"))
+    if teacher.fingerprint != man["teacher"]["fingerprint"]:
+        raise NarError(f"{path} was built with teacher {man['teacher']['fingerprint']}, not {teacher.fingerprint}")
+    from nar.fit import prepare_ids
+
+    T = teacher.encode(texts)
+    Q = teacher_projection(teacher.dim, llm.hidden_size, b.get("projection_seed", 0))
+    items = []
+    for i, (text, t) in enumerate(zip(texts, T)):
+        init_e = F.normalize(t @ Q, dim=0) * llm.embed_norm if fcfg.init == "teacher" else None
+        items.append(FitItem(key=str(i), ids=prepare_ids(llm, text, fcfg), init_key=text, init_e=init_e,
+                             payload={"source": text, "target": text, "teacher": t}))
+    rd_weight, anchor_weight = b.get("rd_weight", 0.0), b.get("anchor_weight", 0.0)
+    bank = MemoryBank(b.get("rd_bank", 0) if rd_weight > 0 else 0)
+    _seed_bank(path, bank, b.get("rd_target", "e"))
+    reg = None
+    if rd_weight > 0 or anchor_weight > 0:
+        reg = TeacherRegulariser(rd_weight, anchor_weight, b.get("rd_target", "e"), Q, bank)
+    by_key = {r.key: r for r in fit_stream(llm, items, fcfg, extra_loss=reg)}
+    return [by_key[str(i)] for i in range(len(texts))]

@@ -103,3 +103,19 @@ def read_rows(cfg: BuildConfig) -> tuple[list[Row], ReadStats]:
         seen.add(rid)
         rows.append(Row(rid, s, str(t)))
     return rows, stats
+
+
+def long_texts(llm, k: int, min_tokens: int) -> list[str]:
+    """k texts of at least `min_tokens` tokens, each the bundled texts joined in order (for capacity)."""
+    import json
+
+    rows = [json.loads(x)["text"] for x in (DATA_DIR / "texts.jsonl").read_text().splitlines() if x.strip()]
+    out, cur = [], []
+    for t in rows:
+        cur.append(t)
+        if len(llm.encode(" ".join(cur))) >= min_tokens:
+            out.append(" ".join(cur))
+            cur = []
+            if len(out) == k:
+                return out
+    raise NarError(f"the bundled texts give only {len(out)} texts of {min_tokens}+ tokens")

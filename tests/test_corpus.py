@@ -122,6 +122,15 @@ def test_fingerprint_mismatch_refused(tiny_llm, teacher, tmp_path):
     with pytest.raises(NarError, match="was built with LLM"):
         build_corpus(BuildConfig(input=str(src), out=str(out)), FitConfig(**FIT), llm=other, teacher=teacher,
                      show_progress=False)
+    from nar.teacher import Teacher
+
+    other_teacher = Teacher(teacher.model, name="other", fingerprint="other@0000")
+    with pytest.raises(NarError, match="was built with teacher"):
+        build_corpus(BuildConfig(input=str(src), out=str(out)), FitConfig(**FIT), llm=tiny_llm,
+                     teacher=other_teacher, show_progress=False)
+    with pytest.raises(NarError, match="layout"):
+        build_corpus(BuildConfig(input=str(src), out=str(out)), FitConfig(**FIT, prefix="none"), llm=tiny_llm,
+                     teacher=teacher, show_progress=False)
 
 
 def test_bad_inputs(tiny_llm, teacher, tmp_path):

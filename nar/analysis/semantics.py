@@ -80,3 +80,148 @@ def teacher_agreement(ds, max_pairs: int = 200_000) -> dict[str, float]:
 
     tc = cos_pairs(t)
     return {name: spearman(cos_pairs(v), tc) for name, v in views(e, m).items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Experiments (used by `nar analyze semantics` and scripts/sts_frames.py)
+
+STS_VARIANTS = {
+    "none": ("no RD, random init", dict(rd_weight=0.0), dict(init="embed_std")),
+    "batch": ("batch RD, random init", dict(rd_weight=1.0, rd_bank=0), dict(init="embed_std")),
+    "bank": ("bank RD (256), random init", dict(rd_weight=1.0, rd_bank=256), dict(init="embed_std")),
+    "teacher": ("teacher init, no RD", dict(rd_weight=0.0), dict(init="teacher")),
+    "teacher_batch": ("teacher init + batch RD", dict(rd_weight=1.0, rd_bank=0), dict(init="teacher")),
+    "teacher_bank": ("teacher init + bank RD (default)", dict(rd_weight=1.0, rd_bank=256), dict(init="teacher")),
+}
+
+
+def sts_experiment(out_dir: str | Path, *, llm, teacher, pairs: int = 100, max_steps: int = 200,
+                   variants=("none", "teacher_bank"), stsb: str | Path = STSB_DEV, precision: str = "bf16",
+                   show_progress: bool = False, on_row=None) -> list[dict]:
+    """STS-B pairs split across batches (all first sentences, then all second ones), one corpus per variant
+    under out_dir (reused if present: the build resumes). Spearman of cos(x_a, x_b) with the human scores."""
+    import json
+
+    from nar import corpus
+    from nar.build import build_corpus
+    from nar.config import BuildConfig, FitConfig
+
+    sample = load_stsb(stsb, n=pairs, seed=0)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    src = out / f"stsb-{pairs}.jsonl"
+    rows = [{"id": f"a{i}", "text": a} for i, (a, _, _) in enumerate(sample)]
+    rows += [{"id": f"b{i}", "text": b} for i, (_, b, _) in enumerate(sample)]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ids = [(f"a{i}", f"b{i}") for i in range(len(sample))]
+    scores = [s for _, _, s in sample]
+    results = []
+    for key in variants:
+        if key not in STS_VARIANTS:
+            raise NarError(f"unknown variant {key!r}; choose from {sorted(STS_VARIANTS)}")
+        name, bkw, fkw = STS_VARIANTS[key]
+        cdir = out / f"{key}-{pairs}-{max_steps}"
+        s = build_corpus(BuildConfig(input=str(src), out=str(cdir), **bkw),
+                         FitConfig(max_steps=max_steps, max_tokens=64, precision=precision, **fkw), llm=llm,
+                         teacher=teacher, show_progress=show_progress)
+        ds = corpus.load(cdir)
+        b = ds[:]
+        row = {"variant": name, "key": key, "pairs": len(sample),
+               **{f"sts_{k}": round(v, 3) for k, v in pairs_spearman(ds, ids, scores).items()},
+               **{f"agree_{k}": round(v, 3) for k, v in teacher_agreement(ds).items()},
+               "mean_acc": round(float(b["accuracy"].mean()), 3), "converged": int(sum(b["converged"])),
+               "texts": len(ds), "fitted_now": s["fitted"], "corpus": str(cdir)}
+        results.append(row)
+        if on_row:
+            on_row(row)
+    return results
+
+
+def augmentation(llm, teacher, triples: list[dict], out_dir: str | Path, *, max_steps: int = 300,
+                 precision: str = "bf16", init: str = "teacher", rd_weight: float = 1.0) -> dict:
+    """Original vs lexical vs semantic change: cosine distances in e, m, [e; m] and teacher space, and a
+    PCA plot of e. Fitted as one corpus (build-corpus with the given init and RD weight)."""
+    import json
+
+    import numpy as np
+
+    from nar import corpus
+    from nar.analysis.report import figure
+    from nar.build import build_corpus
+    from nar.config import BuildConfig, FitConfig
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    src = out / "augment-input.jsonl"
+    kinds = ("original", "lexical", "semantic")
+    src.write_text("".join(json.dumps({"id": f"{t['id']}/{k}", "text": t[k]}) + "\n" for t in triples for k in kinds))
+    cdir = out / f"augment-{init}-rd{rd_weight:g}-{max_steps}"
+    build_corpus(BuildConfig(input=str(src), out=str(cdir), rd_weight=rd_weight),
+                 FitConfig(max_steps=max_steps, precision=precision, init=init, max_tokens=64), llm=llm,
+                 teacher=teacher, show_progress=False)
+    cols = columns(corpus.load(cdir))
+    pos = {k: i for i, k in enumerate(cols["id"])}
+    spaces = {**views(cols["e"], cols["m"]), "teacher": cols["teacher"]}
+    rows = []
+    for t in triples:
+        o, lx, se = (pos[f"{t['id']}/{k}"] for k in kinds)
+        row = {"id": t["id"]}
+        for name, v in spaces.items():
+            row[f"{name}_dist_lexical"] = float(1 - pair_cosines(v[o], v[lx]))
+            row[f"{name}_dist_semantic"] = float(1 - pair_cosines(v[o], v[se]))
+        rows.append(row)
+    summary = {name: {"lexical": float(np.mean([r[f"{name}_dist_lexical"] for r in rows])),
+                      "semantic": float(np.mean([r[f"{name}_dist_semantic"] for r in rows])),
+                      "semantic_farther_frac": float(np.mean([r[f"{name}_dist_semantic"] > r[f"{name}_dist_lexical"]
+                                                              for r in rows]))}
+               for name in spaces}
+    # PCA of e (and m) coloured by triple, marker by kind
+    plt = figure()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, name in zip(axes, ("e", "m")):
+        x = F.normalize(spaces[name].float(), dim=-1).numpy()
+        x = x - x.mean(0)
+        u, s, vt = np.linalg.svd(x, full_matrices=False)
+        xy = x @ vt[:2].T
+        for j, t in enumerate(triples):
+            for k, mk in zip(kinds, ("o", "s", "x")):
+                p = xy[pos[f"{t['id']}/{k}"]]
+                ax.scatter(p[0], p[1], color=f"C{j % 10}", marker=mk, s=40)
+        ax.set_title(f"PCA of {name} (o original, s lexical, x semantic; colour = triple)")
+    fig.tight_layout()
+    fig.savefig(out / "augmentation.png", dpi=120)
+    plt.close(fig)
+    return {"summary": summary, "rows": rows, "corpus": str(cdir), "png": str(out / "augmentation.png")}
+
+
+def run_semantics(out_dir: str | Path, *, llm, teacher, pairs: int = 100, max_steps: int = 200,
+                  variants=("none", "teacher_bank"), augment_file: str | Path | None = None,
+                  stsb: str | Path = STSB_DEV, precision: str = "bf16", show_progress: bool = True) -> dict:
+    """The `nar analyze semantics` job: STS-B Spearman per variant + the augmentation experiment."""
+    import json
+
+    from nar.analysis.report import figure, write_report
+
+    out = Path(out_dir)
+    sts = sts_experiment(out, llm=llm, teacher=teacher, pairs=pairs, max_steps=max_steps, variants=variants,
+                         stsb=stsb, precision=precision, show_progress=show_progress)
+    plt = figure()
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    keys = ["sts_e", "sts_m", "sts_em", "sts_teacher"]
+    w = 0.8 / len(sts)
+    for j, r in enumerate(sts):
+        ax.bar([i + j * w for i in range(len(keys))], [r[k] for k in keys], width=w, label=r["variant"])
+    ax.set_xticks([i + 0.4 - w / 2 for i in range(len(keys))], ["e", "m", "[e; m]", "teacher"])
+    ax.set_ylabel("Spearman with human score")
+    ax.set_title(f"STS-B dev, {pairs} pairs, sentences of a pair in different batches")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "semantics.png", dpi=120)
+    plt.close(fig)
+    aug = None
+    if augment_file is not None:
+        triples = [json.loads(x) for x in Path(augment_file).read_text().splitlines() if x.strip()]
+        aug = augmentation(llm, teacher, triples, out, max_steps=max_steps, precision=precision)
+    summary = {"pairs": pairs, "max_steps": max_steps, "augmentation": aug and aug["summary"]}
+    files = write_report(out, "semantics", summary, sts)
+    return {**summary, "rows": sts, "files": {**files, "png": str(out / "semantics.png")}}

@@ -1,0 +1,113 @@
+"""Are two solutions of the same text connected? (Paper A: the straight line between two solutions
+fails, a quadratic Bezier curve with a trained control point connects them.)
+
+theta = (e, m). Line: theta(t) = (1-t) theta_a + t theta_b.
+Curve: theta(t) = (1-t)^2 theta_a + 2 t (1-t) c + t^2 theta_b, with c trained (AdamW) to minimise the
+mean reconstruction cross-entropy at random t in [0, 1], starting at the midpoint of the line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nar.analysis.report import figure, write_report
+from nar.config import FitConfig
+from nar.decode import decode_ids, token_accuracy
+from nar.fit import FitItem, fit_stream
+from nar.llm import FrozenLLM, Layout
+
+
+def bezier(a: torch.Tensor, c: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """a, c, b: (D,); t: (K,) -> (K, D)."""
+    t = t[:, None]
+    return (1 - t) ** 2 * a + 2 * t * (1 - t) * c + t**2 * b
+
+
+def train_control_point(llm: FrozenLLM, ids: list[int], a: tuple, b: tuple, layout: Layout, *, steps: int = 200,
+                        lr: float = 1e-2, samples: int = 8, precision: str = "bf16", seed: int = 0) -> tuple:
+    """The control point (c_e, c_m) of a Bezier curve joining solutions a=(e, m) and b=(e, m)."""
+    g = torch.Generator().manual_seed(seed)
+    dev = llm.device
+    ce_p = ((a[0] + b[0]) / 2).clone().to(dev).requires_grad_(True)
+    cm_p = ((a[1] + b[1]) / 2).clone().to(dev).requires_grad_(True)
+    opt = torch.optim.AdamW([ce_p, cm_p], lr=lr, betas=(0.9, 0.9), weight_decay=0.0)
+    tgt = torch.tensor(ids, device=dev).unsqueeze(0).expand(samples, -1)
+    ae, am, be, bm = (x.to(dev) for x in (*a, *b))
+    for _ in range(steps):
+        t = torch.rand(samples, generator=g).to(dev)
+        E, M = bezier(ae, ce_p, be, t), bezier(am, cm_p, bm, t)
+        with llm.autocast(precision):
+            logits = llm.proto_logits(E, M, len(ids), layout)
+        loss = F.cross_entropy(logits.float().transpose(1, 2), tgt)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return ce_p.detach().cpu(), cm_p.detach().cpu()
+
+
+def path_accuracy(llm: FrozenLLM, ids: list[int], E: torch.Tensor, M: torch.Tensor, layout: Layout,
+                  precision: str) -> list[float]:
+    pred = decode_ids(llm, E, M, [len(ids)] * E.shape[0], layout, precision=precision)
+    return [token_accuracy(p, ids) for p in pred]
+
+
+def connectivity(llm: FrozenLLM, texts: list[str], cfg: FitConfig, layout: Layout, *, seeds=(0, 1),
+                 grid: int = 11, curve_steps: int = 200) -> list[dict]:
+    """For each text: fit two solutions from different seeds, then accuracy along the line and the curve."""
+    items = [FitItem(key=f"{i}/{s}", ids=llm.encode(t), init_key=f"{t}#seed{s}") for i, t in enumerate(texts)
+             for s in seeds]
+    sols = {r.key: r for r in fit_stream(llm, items, cfg)}
+    ts = torch.linspace(0, 1, grid)
+    rows = []
+    for i, text in enumerate(texts):
+        ra, rb = sols[f"{i}/{seeds[0]}"], sols[f"{i}/{seeds[1]}"]
+        ids = ra.token_ids
+        line_e = (1 - ts)[:, None] * ra.e + ts[:, None] * rb.e
+        line_m = (1 - ts)[:, None] * ra.m + ts[:, None] * rb.m
+        line = path_accuracy(llm, ids, line_e, line_m, layout, cfg.precision)
+        c_e, c_m = train_control_point(llm, ids, (ra.e, ra.m), (rb.e, rb.m), layout, steps=curve_steps,
+                                       precision=cfg.precision)
+        curve = path_accuracy(llm, ids, bezier(ra.e, c_e, rb.e, ts), bezier(ra.m, c_m, rb.m, ts), layout,
+                              cfg.precision)
+        rows.append({"text": text, "n_tokens": len(ids), "acc_a": ra.accuracy, "acc_b": rb.accuracy,
+                     "cos_e_ab": float(F.cosine_similarity(ra.e, rb.e, dim=0)),
+                     "cos_m_ab": float(F.cosine_similarity(ra.m, rb.m, dim=0)),
+                     "line_min_acc": min(line), "curve_min_acc": min(curve), "line": line, "curve": curve})
+    return rows
+
+
+def plot_paths(rows: list[dict], path: str | Path) -> None:
+    plt = figure()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for k, r in enumerate(rows):
+        ts = np.linspace(0, 1, len(r["line"]))
+        ax.plot(ts, r["line"], "--", color=f"C{k}", label=f"text {k}: line")
+        ax.plot(ts, r["curve"], "-", color=f"C{k}", label=f"text {k}: Bezier")
+    ax.set_xlabel("t (solution a -> solution b)")
+    ax.set_ylabel("token accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_connectivity(texts: list[str], out_dir: str | Path, *, llm: FrozenLLM, cfg: FitConfig, curve_steps: int = 200,
+                     grid: int = 11) -> dict:
+    from nar.fit import make_layout
+
+    layout = make_layout(llm, cfg)
+    rows = connectivity(llm, texts, cfg, layout, grid=grid, curve_steps=curve_steps)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_paths(rows, out / "connectivity.png")
+    summary = {"texts": len(rows), "llm": llm.fingerprint, "fit_config": cfg.to_dict(), "curve_steps": curve_steps,
+               "mean_line_min_acc": float(np.mean([r["line_min_acc"] for r in rows])),
+               "mean_curve_min_acc": float(np.mean([r["curve_min_acc"] for r in rows]))}
+    flat = [{k: v for k, v in r.items() if k not in ("line", "curve")} for r in rows]
+    files = write_report(out, "connectivity", {**summary, "paths": rows}, flat)
+    return {**summary, "rows": flat, "files": {**files, "png": str(out / "connectivity.png")}}

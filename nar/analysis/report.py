@@ -1,0 +1,32 @@
+"""Where every analysis puts its results: numbers as JSON and CSV, figures as PNG, in one folder."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+
+def write_report(out_dir: str | Path, name: str, summary: dict, rows: list[dict]) -> dict[str, str]:
+    """`<name>.json` (summary + rows) and `<name>.csv` (rows); returns the paths written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    jpath, cpath = out / f"{name}.json", out / f"{name}.csv"
+    jpath.write_text(json.dumps({**summary, "rows": rows}, indent=2, default=float))
+    if rows:
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        with cpath.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+    return {"json": str(jpath), "csv": str(cpath)}
+
+
+def figure():
+    """A fresh matplotlib figure on the non-interactive backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

