@@ -142,19 +142,31 @@ def build_corpus_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as one JSON object."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Fit proto-tokens for every target of INPUT into a resumable corpus (rerun to resume)."""
+    """Fit proto-tokens for every target of INPUT into a resumable corpus (rerun to resume).
+
+    Several workers: `accelerate launch --multi_gpu --num_processes N -m cli.main build-corpus ...` on GPUs,
+    `torchrun --nproc_per_node N -m cli.main build-corpus ... --device cpu` on CPUs; each worker fits a disjoint
+    share of the rows and rank 0 merges the manifest at the end.
+    """
     setup_logging(verbose)
-    from nar.build import build_corpus
+    from nar.build import build_corpus, distributed_context
     from nar.config import BuildConfig, FitConfig
 
+    rank, world, device, barrier = distributed_context(device)
     bcfg = BuildConfig(input=input, out=str(out), text_column=text_column, source_column=source_column,
                        target_column=target_column, id_column=id_column, split=split, limit=limit, on_long=on_long,
                        model=model, teacher=teacher, rd_weight=rd_weight, rd_target=rd_target, rd_bank=rd_bank,
                        anchor_weight=anchor_weight, shard_size=shard_size,
-                       log_dir=str(log_dir) if log_dir else None, device=device)
+                       log_dir=str(log_dir) if log_dir else None, device=device, rank=rank, world_size=world)
     fcfg = FitConfig(max_steps=max_steps, target_acc=target_acc, lr=lr, init=init, prefix=prefix,
                      precision=precision, num_slots=slots, max_tokens=max_tokens, append_eos=append_eos, seed=seed)
-    summary = build_corpus(bcfg, fcfg, show_progress=not as_json)
+    summary = build_corpus(bcfg, fcfg, show_progress=not as_json and rank == 0, barrier=barrier)
+    if rank != 0:
+        return
+    if world > 1:
+        from nar.corpus import read_manifest
+
+        summary = {**summary, "corpus_counts": read_manifest(out)["counts"]}
     if as_json:
         print_json(summary)
         return
@@ -166,6 +178,23 @@ def build_corpus_cmd(
         t.add_row(k, str(summary.get(k)))
     console.print(t)
     console.print(f"TensorBoard: tensorboard --logdir {log_dir or out / 'tb'}")
+
+
+@app.command("corpus-merge")
+def corpus_merge_cmd(
+    path: Path = typer.Argument(..., help="Corpus folder."),
+    shard_size: int = typer.Option(1024, help="Rows per shard after compaction."),
+    as_json: bool = typer.Option(False, "--json", help="Print the counts as one JSON object."),
+) -> None:
+    """Compact all workers' shards and rebuild the manifest's runs and counts (after an interrupted run)."""
+    setup_logging(False)
+    from nar.build import merge
+
+    counts = merge(path, shard_size)
+    if as_json:
+        print_json(counts)
+    else:
+        console.print(f"merged {path}: {counts}")
 
 
 @app.command("corpus-info")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -76,8 +77,15 @@ def _seed_bank(out: Path, bank: MemoryBank, rd_target: str) -> None:
 
 
 def build_corpus(bcfg: BuildConfig, fcfg: FitConfig, *, llm: FrozenLLM | None = None,
-                 teacher: Teacher | None = None, show_progress: bool = True) -> dict:
-    """Fit every pending row of the input into the corpus at `bcfg.out`; returns a summary of counts."""
+                 teacher: Teacher | None = None, show_progress: bool = True,
+                 barrier: Callable[[], None] = lambda: None) -> dict:
+    """Fit every pending row of the input into the corpus at `bcfg.out`; returns this worker's summary.
+
+    With several workers (bcfg.rank / bcfg.world_size), each takes the rows with index % world_size ==
+    rank and writes its own shards; `barrier` (e.g. accelerate's `wait_for_everyone`) orders the steps
+    that must not overlap: rank 0 creates the corpus before the others open it, and merges every
+    worker's summary into the manifest after all have finished.
+    """
     t_start = time.perf_counter()
     if fcfg.share_m:
         raise NarError("build-corpus fits per-text m (a shared m cannot be resumed text by text)")
@@ -85,7 +93,11 @@ def build_corpus(bcfg: BuildConfig, fcfg: FitConfig, *, llm: FrozenLLM | None = 
     llm = llm or load_llm(bcfg.model, device=bcfg.device)
     teacher = teacher or load_teacher(bcfg.teacher)
     out = Path(bcfg.out)
-    man = open_corpus(out, llm, teacher, fcfg, bcfg)
+    if bcfg.rank == 0:
+        open_corpus(out, llm, teacher, fcfg, bcfg)
+    barrier()
+    if bcfg.rank != 0:
+        open_corpus(out, llm, teacher, fcfg, bcfg)
     done = done_ids(out)
     counts = {"input_rows": rstats.rows, "other_ranks": rstats.other_ranks, "skipped_empty": rstats.skipped_empty,
               "skipped_duplicate": rstats.skipped_duplicate, "already_done": 0, "skipped_long": 0, "truncated": 0}
@@ -126,7 +138,10 @@ def build_corpus(bcfg: BuildConfig, fcfg: FitConfig, *, llm: FrozenLLM | None = 
     if bcfg.rd_weight > 0 or bcfg.anchor_weight > 0:
         reg = TeacherRegulariser(bcfg.rd_weight, bcfg.anchor_weight, bcfg.rd_target, Q, bank)
     writer = ShardWriter(out, llm.hidden_size, teacher.dim, rank=bcfg.rank)
-    tb = TensorBoardWriter(bcfg.log_dir or out / "tb") if items else NullWriter()
+    log_dir = Path(bcfg.log_dir or out / "tb")
+    if bcfg.world_size > 1:
+        log_dir = log_dir / f"rank{bcfg.rank}"
+    tb = TensorBoardWriter(log_dir) if items else NullWriter()
     results: list[FitResult] = []
     t_fit = time.perf_counter()
     try:
@@ -140,7 +155,6 @@ def build_corpus(bcfg: BuildConfig, fcfg: FitConfig, *, llm: FrozenLLM | None = 
                 prog.on_result(res)
     finally:
         tb.close()
-        writer.compact(bcfg.shard_size)
     fit_seconds = time.perf_counter() - t_fit
     conv = [r for r in results if r.converged]
     run = {
@@ -154,13 +168,47 @@ def build_corpus(bcfg: BuildConfig, fcfg: FitConfig, *, llm: FrozenLLM | None = 
         "texts_per_hour": round(3600 * len(results) / fit_seconds, 1) if results else None,
         "wall_seconds": round(time.perf_counter() - t_start, 1),
     }
+    _write_run(out, run)
+    barrier()
     if bcfg.rank == 0:
-        man = read_manifest(out)
-        man["runs"] = [*man.get("runs", []), run]
-        total = read_table(out, ["converged"])
-        man["counts"] = {"rows": total.num_rows, "converged": sum(total.column("converged").to_pylist())}
-        write_manifest(out, man)
+        merge(out, bcfg.shard_size)
     return run
+
+
+def _write_run(out: Path, run: dict) -> None:
+    """Each worker's summary of each run, as its own file (merged into the manifest by rank 0)."""
+    import json
+
+    from nar.corpus import _atomic_write_bytes
+
+    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**9:09d}-r{run['rank']:03d}.json"
+    _atomic_write_bytes(out / "runs" / name, json.dumps(run, indent=2).encode())
+
+
+def merge(out: str | Path, shard_size: int = 1024) -> dict:
+    """Compact every worker's small shards and rebuild the manifest's runs and counts from disk.
+
+    Called by rank 0 at the end of every build; also `nar corpus-merge` after an interrupted
+    multi-process run. Idempotent."""
+    import json
+
+    from nar.corpus import compact
+
+    out = Path(out)
+    man = read_manifest(out)
+    ranks = sorted({int(f.name[1:4]) for f in (out / "shards").glob("r*.parquet")})
+    for r in ranks:
+        compact(out, shard_size, rank=r)
+    runs = [json.loads(f.read_text()) for f in sorted((out / "runs").glob("*.json"))]
+    total = read_table(out, ["converged", "rank"])
+    per_rank: dict[int, int] = {}
+    for r in total.column("rank").to_pylist():
+        per_rank[r] = per_rank.get(r, 0) + 1
+    man["runs"] = runs
+    man["counts"] = {"rows": total.num_rows, "converged": sum(total.column("converged").to_pylist()),
+                     "rows_per_rank": {str(k): v for k, v in sorted(per_rank.items())}}
+    write_manifest(out, man)
+    return man["counts"]
 
 
 def fit_in_corpus_frame(path: str | Path, texts: list[str], *, llm: FrozenLLM | None = None,
@@ -196,3 +244,16 @@ def fit_in_corpus_frame(path: str | Path, texts: list[str], *, llm: FrozenLLM | 
         reg = TeacherRegulariser(rd_weight, anchor_weight, b.get("rd_target", "e"), Q, bank)
     by_key = {r.key: r for r in fit_stream(llm, items, fcfg, extra_loss=reg)}
     return [by_key[str(i)] for i in range(len(texts))]
+
+
+def distributed_context(device: str = "auto") -> tuple[int, int, str, Callable[[], None]]:
+    """(rank, world_size, device, barrier). Under `accelerate launch` or `torchrun` (WORLD_SIZE > 1) these
+    come from accelerate's PartialState (NCCL on GPUs, gloo on CPUs); otherwise a single worker."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, device, lambda: None
+    from accelerate import PartialState
+
+    state = PartialState(cpu=device == "cpu" or (device == "auto" and not torch.cuda.is_available()))
+    return state.process_index, state.num_processes, str(state.device), state.wait_for_everyone
