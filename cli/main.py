@@ -256,6 +256,153 @@ def make_pairs_cmd(
                       "--source-column source --target-column target --append-eos --out corpora/pairs")
 
 
+@app.command("train-encoder")
+def train_encoder_cmd(
+    corpus: Path = typer.Argument(..., help="Corpus folder (from build-corpus)."),
+    run_dir: Path = typer.Option(Path("checkpoints/encoder"), "--run-dir", "-o", help="Checkpoints + TensorBoard."),
+    steps: int = typer.Option(300, help="Optimiser steps."),
+    batch_size: int = typer.Option(16, help="Texts per step."),
+    lr: float = typer.Option(3e-4, help="Peak learning rate (warm-up, cosine decay)."),
+    warmup: int = typer.Option(30, help="Warm-up steps."),
+    w_reg: float = typer.Option(1.0, help="Weight of the regression to the corpus proto-tokens."),
+    w_ce: float = typer.Option(1.0, help="Weight of the reconstruction CE through the frozen LLM."),
+    w_len: float = typer.Option(0.1, help="Weight of the length-head CE."),
+    val_frac: float = typer.Option(0.1, help="Held-out fraction (seeded)."),
+    val_every: int = typer.Option(50, help="Validate every N steps."),
+    min_accuracy: float = typer.Option(0.99, help="Train on corpus rows fitted at least this well."),
+    backbone: str = typer.Option("all-MiniLM-L6-v2", help="Sentence-transformers backbone."),
+    finetune_backbone: bool = typer.Option(False, "--finetune-backbone", help="Train the backbone too."),
+    layers: int = typer.Option(2, help="Head transformer layers."),
+    d_model: int = typer.Option(256, help="Head width."),
+    precision: str = typer.Option("bf16", help="Autocast of the frozen LLM pass."),
+    seed: int = typer.Option(0, help="Seed (split, init, batches)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/last."),
+    device: str = typer.Option("auto", help="'auto', 'cpu', 'cuda', ..."),
+    as_json: bool = typer.Option(False, "--json", help="Print the final figures as one JSON object."),
+) -> None:
+    """Train an encoder that predicts proto-tokens (and the length) from the source text."""
+    setup_logging(False)
+    from nar.analysis.common import corpus_llm
+    from nar.config import EncoderConfig, TrainConfig
+    from nar.corpus import read_manifest
+    from nar.llm import load_llm
+    from nar.train import train_encoder
+
+    man = read_manifest(corpus)
+    llm, _, _ = corpus_llm(corpus, load_llm(man.get("build_config", {}).get("model", "smollm2-135m-instruct"),
+                                            device=device))
+    cfg = TrainConfig(run_dir=str(run_dir), steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, w_reg=w_reg,
+                      w_ce=w_ce, w_len=w_len, val_frac=val_frac, val_every=val_every, min_accuracy=min_accuracy,
+                      precision=precision, seed=seed, resume=resume)
+    ecfg = EncoderConfig(backbone=backbone, freeze_backbone=not finetune_backbone, layers=layers, d_model=d_model,
+                         max_len=max(64, man.get("fit_config", {}).get("max_tokens", 64)))
+    res = train_encoder(corpus, cfg, ecfg, llm=llm, show_progress=not as_json)
+    if as_json:
+        print_json(res)
+    else:
+        console.print(f"trained {res['steps']} steps on {res['train_texts']} texts in {res['seconds']:.0f} s; "
+                      f"validation ({res['val_texts']} texts): token acc {res['val']['token_acc']:.3f}, exact "
+                      f"{res['val']['exact_match']:.3f}. Checkpoints: {run_dir}/best, {run_dir}/last; "
+                      f"tensorboard --logdir {run_dir}/tb")
+
+
+@app.command("eval-encoder")
+def eval_encoder_cmd(
+    checkpoint: Path = typer.Argument(..., help="Encoder checkpoint (a run folder or its best/ or last/)."),
+    corpus: Path = typer.Argument(..., help="The corpus it was trained on."),
+    precision: str = typer.Option("bf16", help="Autocast of the frozen LLM pass."),
+    device: str = typer.Option("auto", help="'auto', 'cpu', 'cuda', ..."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Token accuracy and exact match on train/validation: encoder vs nearest-neighbour and mean baselines."""
+    setup_logging(False)
+    from nar.analysis.common import corpus_llm
+    from nar.corpus import read_manifest
+    from nar.llm import load_llm
+    from nar.train import eval_encoder
+
+    man = read_manifest(corpus)
+    llm, _, _ = corpus_llm(corpus, load_llm(man.get("build_config", {}).get("model", "smollm2-135m-instruct"),
+                                            device=device))
+    res = eval_encoder(checkpoint, corpus, llm=llm, precision=precision)
+    if as_json:
+        print_json(res)
+        return
+    from rich.table import Table
+
+    t = Table(title=f"one-pass generation from predicted proto-tokens ({checkpoint})")
+    for c in ("split", "method", "texts", "token acc", "exact match"):
+        t.add_column(c)
+    for r in res["rows"]:
+        t.add_row(r["split"], r["method"], str(r["texts"]), f"{r['token_acc']:.3f}", f"{r['exact_match']:.3f}")
+    console.print(t)
+
+
+@app.command()
+def generate(
+    checkpoint: Path = typer.Argument(..., help="Encoder checkpoint (a run folder or its best/ or last/)."),
+    source: str | None = typer.Argument(None, help="Source text (or --input)."),
+    input: Path | None = typer.Option(None, "--input", "-i", help="Sources: one per line, or .jsonl with 'source' "
+                                                                   "(or 'prompt'/'text')."),
+    output: Path | None = typer.Option(None, "--output", help="Write one JSON object per source (.jsonl)."),
+    model: str = typer.Option("smollm2-135m-instruct", help=MODEL_HELP),
+    compare_ar: bool = typer.Option(False, "--compare-ar", help="Also run the LLM's own greedy autoregressive "
+                                                                 "generation; show agreement and both latencies."),
+    precision: str = typer.Option("bf16", help="Autocast of the frozen LLM pass."),
+    batch_size: int = typer.Option(32, help="Sources per batch (1 with --compare-ar, for latencies)."),
+    device: str = typer.Option("auto", help="'auto', 'cpu', 'cuda', ..."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per source on stdout."),
+) -> None:
+    """Source -> encoder -> proto-tokens -> ONE forward pass of the frozen LLM -> output text."""
+    setup_logging(False)
+    import json as _json
+
+    from nar.encoder import Encoder
+    from nar.errors import NarError
+    from nar.generate import generate as run
+    from nar.llm import load_llm
+
+    sources = [source] if source is not None else []
+    if input is not None:
+        try:
+            lines = [x for x in input.read_text(encoding="utf-8").splitlines() if x.strip()]
+        except OSError as exc:
+            raise NarError(f"cannot read {input}: {exc.strerror}") from exc
+        for k, line in enumerate(lines, 1):
+            if str(input).endswith(".jsonl"):
+                obj = _json.loads(line)
+                col = next((c for c in ("source", "prompt", "text") if c in obj), None)
+                if col is None:
+                    raise NarError(f"{input}:{k}: no 'source', 'prompt' or 'text' field")
+                sources.append(obj[col])
+            else:
+                sources.append(line)
+    if not sources:
+        raise NarError("give a SOURCE argument or --input")
+    llm = load_llm(model, device=device)
+    enc = Encoder.from_pretrained(checkpoint, device=llm.device)
+    rows = run(enc, llm, sources, precision=precision, batch_size=1 if compare_ar else batch_size,
+               compare_ar=compare_ar)
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text("".join(_json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    if as_json:
+        for r in rows:
+            print_json(r)
+        return
+    from rich.table import Table
+
+    t = Table(title="one-pass generation" + (" vs autoregressive" if compare_ar else ""), show_lines=True)
+    for c in ["source", "one-pass output", "ms"] + (["AR output", "AR ms", "agree"] if compare_ar else []):
+        t.add_column(c)
+    for r in rows:
+        cells = [r["source"], r["output"], f"{1000 * r['seconds']:.0f}"]
+        if compare_ar:
+            cells += [r["ar_output"], f"{1000 * r['ar_seconds']:.0f}", f"{r['agreement']:.2f}"]
+        t.add_row(*cells)
+    console.print(t)
+
+
 index_app = typer.Typer(help="FAISS indexes over proto-token space, and the TensorBoard projector.",
                          no_args_is_help=True)
 app.add_typer(index_app, name="index")

@@ -137,3 +137,85 @@ class BuildConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """The encoder network: source text -> (e, m, N)."""
+
+    backbone: str = "all-MiniLM-L6-v2"
+    """Sentence-transformers model whose token states feed the head (default: the embedded teacher)."""
+    freeze_backbone: bool = True
+    """Keep the backbone frozen (only the head trains); else fine-tune it too."""
+    d_model: int = 256
+    """Width of the head's transformer layers."""
+    layers: int = 2
+    """Transformer decoder layers in the head (learned queries attend to the source's token states)."""
+    heads: int = 4
+    """Attention heads in the head's layers."""
+    dropout: float = 0.1
+    """Dropout in the head."""
+    max_source_tokens: int = 128
+    """Longer sources are truncated (with a warning)."""
+    max_len: int = 64
+    """Largest output length N the length head can predict."""
+
+    def __post_init__(self) -> None:
+        _check(self.d_model % self.heads == 0, "d_model must be divisible by heads")
+        _check(self.layers >= 1 and self.max_len >= 1 and self.max_source_tokens >= 1, "sizes must be >= 1")
+        _check(0 <= self.dropout < 1, "dropout must be in [0, 1)")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EncoderConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How `nar train-encoder` trains (the network's shape is EncoderConfig)."""
+
+    run_dir: str = "checkpoints/encoder"
+    """Where best/ and last/ checkpoints and the TensorBoard log go."""
+    steps: int = 300
+    """Optimiser steps."""
+    batch_size: int = 16
+    """Texts per step."""
+    lr: float = 3e-4
+    """Peak AdamW learning rate (linear warm-up, then cosine decay to 10%)."""
+    warmup: int = 30
+    """Warm-up steps."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Gradient-norm clipping."""
+    w_reg: float = 1.0
+    """Weight of the regression to the corpus proto-tokens (cosine + MSE of unit vectors, e and m)."""
+    w_ce: float = 1.0
+    """Weight of the reconstruction cross-entropy through the frozen LLM (one teacher-forced pass)."""
+    w_len: float = 0.1
+    """Weight of the length-head cross-entropy."""
+    val_frac: float = 0.1
+    """Held-out fraction of the corpus (seeded split, at least one text)."""
+    val_every: int = 50
+    """Validate (and keep the best checkpoint) every this many steps."""
+    min_accuracy: float = 0.99
+    """Train only on corpus rows fitted to at least this accuracy."""
+    precision: str = "bf16"
+    """Autocast of the frozen LLM's pass: 'bf16' or 'fp32'."""
+    seed: int = 0
+    """Seed of the split, the head's init and the batches."""
+    resume: bool = False
+    """Continue from run_dir/last (same config)."""
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1 and self.batch_size >= 1, "steps and batch_size must be >= 1")
+        _check(0 < self.val_frac < 1, "val_frac must be in (0, 1)")
+        _check(self.precision in ("bf16", "fp32"), "precision must be 'bf16' or 'fp32'")
+        _check(min(self.w_reg, self.w_ce, self.w_len) >= 0, "loss weights must be >= 0")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

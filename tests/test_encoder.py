@@ -1,0 +1,117 @@
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cli.main import app
+from nar.build import build_corpus
+from nar.config import BuildConfig, EncoderConfig, FitConfig, TrainConfig
+from nar.encoder import Encoder
+from nar.errors import NarError
+from nar.generate import generate
+from nar.train import eval_encoder, train_encoder
+
+from .conftest import TINY_CORPUS, build_tiny_llm
+
+FIT = dict(precision="fp32", lr=5e-2, max_steps=300, num_slots=8)
+ENC = EncoderConfig(d_model=64, layers=1, heads=4, dropout=0.0, max_len=16)
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    from nar.teacher import load_teacher
+
+    return load_teacher()
+
+
+@pytest.fixture(scope="module")
+def pair_corpus(tiny_llm, teacher, tmp_path_factory):
+    d = tmp_path_factory.mktemp("enc")
+    rows = [{"id": f"p{i}", "source": f"say: {t}", "target": t} for i, t in enumerate(TINY_CORPUS)]
+    (d / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = d / "c"
+    build_corpus(BuildConfig(input=str(d / "pairs.jsonl"), out=str(out), source_column="source",
+                             target_column="target", rd_weight=0.0),
+                 FitConfig(**FIT, append_eos=True), llm=tiny_llm, teacher=teacher, show_progress=False)
+    return out
+
+
+def test_encoder_trains_reloads_and_generates(tiny_llm, pair_corpus, tmp_path):
+    before = {k: v.clone() for k, v in tiny_llm.model.state_dict().items()}
+    cfg = TrainConfig(run_dir=str(tmp_path / "run"), steps=40, batch_size=8, lr=3e-3, warmup=5, val_every=20,
+                      precision="fp32", val_frac=0.2)
+    losses = []
+    import nar.monitor as mon
+
+    orig = mon.TensorBoardWriter.scalar
+
+    def spy(self, tag, value, step):
+        if tag == "encoder/loss_total":
+            losses.append(value)
+        orig(self, tag, value, step)
+
+    mon.TensorBoardWriter.scalar = spy
+    try:
+        res = train_encoder(pair_corpus, cfg, ENC, llm=tiny_llm, show_progress=False)
+        assert res["val_texts"] >= 1
+    finally:
+        mon.TensorBoardWriter.scalar = orig
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
+    assert all(torch.equal(before[k], v) for k, v in tiny_llm.model.state_dict().items())
+    assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+    assert (tmp_path / "run" / "last" / "optimizer.pt").is_file()
+    # reload -> identical predictions
+    a = Encoder.from_pretrained(tmp_path / "run" / "last")
+    b = Encoder.from_pretrained(tmp_path / "run" / "last")
+    src = ["say: the cat sat on the mat", "say: birds sing in the morning"]
+    ea, ma, na = a.predict(src)
+    eb, mb, nb = b.predict(src)
+    assert torch.equal(ea, eb) and torch.equal(ma, mb) and na == nb
+    rows = generate(a, tiny_llm, src, precision="fp32", compare_ar=True, chat=False)
+    assert [r["source"] for r in rows] == src and all(isinstance(r["output"], str) for r in rows)
+    assert all({"seconds", "ar_output", "ar_seconds", "agreement"} <= set(r) for r in rows)
+    ev = eval_encoder(tmp_path / "run", pair_corpus, llm=tiny_llm, precision="fp32")
+    methods = {(r["split"], r["method"]) for r in ev["rows"]}
+    assert ("val", "encoder") in methods and ("val", "nearest neighbour") in methods
+    assert ("train", "mean proto-token") in methods
+    # resume continues from the last step
+    cfg2 = TrainConfig(**{**cfg.to_dict(), "steps": 50, "resume": True})
+    assert train_encoder(pair_corpus, cfg2, ENC, llm=tiny_llm, show_progress=False)["steps"] == 50
+
+
+def test_encoder_can_overfit_a_handful(tiny_llm, pair_corpus, tmp_path):
+    cfg = TrainConfig(run_dir=str(tmp_path / "run"), steps=250, batch_size=8, lr=3e-3, warmup=10, val_every=1000,
+                      precision="fp32", val_frac=0.1, w_reg=0.1)
+    train_encoder(pair_corpus, cfg, ENC, llm=tiny_llm, show_progress=False)
+    ev = eval_encoder(tmp_path / "run" / "last", pair_corpus, llm=tiny_llm, precision="fp32")
+    enc_train = next(r for r in ev["rows"] if r["split"] == "train" and r["method"] == "encoder")
+    mean_train = next(r for r in ev["rows"] if r["split"] == "train" and r["method"] == "mean proto-token")
+    assert enc_train["token_acc"] >= 0.8 and enc_train["token_acc"] > mean_train["token_acc"]
+
+
+def test_fingerprint_mismatch_and_bad_sources(tiny_llm, pair_corpus, tmp_path):
+    cfg = TrainConfig(run_dir=str(tmp_path / "run"), steps=2, batch_size=4, val_every=1000, precision="fp32")
+    train_encoder(pair_corpus, cfg, ENC, llm=tiny_llm, show_progress=False)
+    enc = Encoder.from_pretrained(tmp_path / "run")
+    from nar.llm import load_llm
+
+    other = load_llm(str(build_tiny_llm(tmp_path / "other", seed=3)), device="cpu")
+    with pytest.raises(NarError, match="trained for LLM"):
+        generate(enc, other, ["say: hi"])
+    with pytest.raises(NarError, match="empty source"):
+        generate(enc, tiny_llm, ["  "])
+
+
+def test_generate_cli_json(tiny_path, tiny_llm, pair_corpus, tmp_path):
+    cfg = TrainConfig(run_dir=str(tmp_path / "run"), steps=2, batch_size=4, val_every=1000, precision="fp32")
+    train_encoder(pair_corpus, cfg, ENC, llm=tiny_llm, show_progress=False)
+    src = tmp_path / "src.txt"
+    src.write_text("say: the cat\nsay: birds sing\n")
+    r = CliRunner().invoke(app, ["generate", str(tmp_path / "run"), "--input", str(src), "--model", str(tiny_path),
+                                 "--precision", "fp32", "--json", "--output", str(tmp_path / "o.jsonl")])
+    assert r.exit_code == 0, r.output
+    objs = [json.loads(x) for x in r.stdout.strip().splitlines()]
+    assert [o["source"] for o in objs] == ["say: the cat", "say: birds sing"]
+    assert all({"source", "output", "seconds"} <= set(o) for o in objs)
+    assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 2
