@@ -345,6 +345,8 @@ def generate(
     input: Path | None = typer.Option(None, "--input", "-i", help="Sources: one per line, or .jsonl with 'source' "
                                                                    "(or 'prompt'/'text')."),
     output: Path | None = typer.Option(None, "--output", help="Write one JSON object per source (.jsonl)."),
+    heldout: int = typer.Option(0, "--heldout", help="Also generate for the first N held-out (validation) "
+                                                    "sources recorded in the checkpoint."),
     model: str = typer.Option("smollm2-135m-instruct", help=MODEL_HELP),
     compare_ar: bool = typer.Option(False, "--compare-ar", help="Also run the LLM's own greedy autoregressive "
                                                                  "generation; show agreement and both latencies."),
@@ -377,10 +379,17 @@ def generate(
                 sources.append(obj[col])
             else:
                 sources.append(line)
-    if not sources:
-        raise NarError("give a SOURCE argument or --input")
     llm = load_llm(model, device=device)
     enc = Encoder.from_pretrained(checkpoint, device=llm.device)
+    if heldout:
+        from nar.train import load_rows
+
+        c = enc.meta["corpus"]
+        rows = load_rows(c["path"], enc.meta["train_config"]["min_accuracy"])
+        val = set(c["val_ids"])
+        sources += [s for k, s in zip(rows.ids, rows.sources) if k in val][:heldout]
+    if not sources:
+        raise NarError("give a SOURCE argument, --input or --heldout")
     rows = run(enc, llm, sources, precision=precision, batch_size=1 if compare_ar else batch_size,
                compare_ar=compare_ar)
     if output is not None:
