@@ -179,10 +179,10 @@ def _write_run(out: Path, run: dict) -> None:
     """Each worker's summary of each run, as its own file (merged into the manifest by rank 0)."""
     import json
 
-    from nar.corpus import _atomic_write_bytes
+    from nar.corpus import atomic_write_bytes
 
     name = f"{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**9:09d}-r{run['rank']:03d}.json"
-    _atomic_write_bytes(out / "runs" / name, json.dumps(run, indent=2).encode())
+    atomic_write_bytes(out / "runs" / name, json.dumps(run, indent=2).encode())
 
 
 def merge(out: str | Path, shard_size: int = 1024) -> dict:

@@ -45,7 +45,7 @@ def schema(dim: int, teacher_dim: int) -> pa.Schema:
     ])
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
     try:
@@ -59,7 +59,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def _atomic_write_table(path: Path, table: pa.Table) -> None:
+def atomic_write_table(path: Path, table: pa.Table) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".parquet", dir=path.parent)
     os.close(fd)
@@ -85,7 +85,7 @@ def read_manifest(path: str | Path) -> dict:
 
 def write_manifest(path: str | Path, manifest: dict) -> None:
     manifest = dict(manifest, format=FORMAT, nar_version=__version__, updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    _atomic_write_bytes(Path(path) / MANIFEST, json.dumps(manifest, indent=2).encode())
+    atomic_write_bytes(Path(path) / MANIFEST, json.dumps(manifest, indent=2).encode())
 
 
 def shard_files(path: str | Path) -> list[Path]:
@@ -145,7 +145,7 @@ class ShardWriter:
             return None
         table = pa.Table.from_pylist([{c: r.get(c) for c in COLUMNS} for r in rows], schema=self.schema)
         path = self.dir / f"r{self.rank:03d}-{self.run}-{self.seq:06d}.parquet"
-        _atomic_write_table(path, table)
+        atomic_write_table(path, table)
         self.seq += 1
         self.written += len(rows)
         return path
@@ -169,7 +169,7 @@ def compact(path: str | Path, shard_size: int = 1024, rank: int | None = None) -
     run = uuid.uuid4().hex[:8]
     r = rank if rank is not None else 0
     for k, lo in enumerate(range(0, table.num_rows, shard_size)):
-        _atomic_write_table(Path(path) / SHARDS / f"r{r:03d}-{run}-{k:06d}-c.parquet",
+        atomic_write_table(Path(path) / SHARDS / f"r{r:03d}-{run}-{k:06d}-c.parquet",
                             table.slice(lo, shard_size))
     for f in small:
         f.unlink(missing_ok=True)

@@ -101,7 +101,7 @@ class Encoder(nn.Module):
     def save_pretrained(self, path: str | Path, extra: dict | None = None) -> None:
         from safetensors.torch import save_file
 
-        from nar.corpus import _atomic_write_bytes
+        from nar.corpus import atomic_write_bytes
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -113,7 +113,7 @@ class Encoder(nn.Module):
         save_file(state, str(tmp))
         tmp.replace(path / "model.safetensors")
         cfg = {"encoder_config": self.cfg.to_dict(), **self.meta, **(extra or {}), "nar_version": __version__}
-        _atomic_write_bytes(path / "config.json", json.dumps(cfg, indent=2).encode())
+        atomic_write_bytes(path / "config.json", json.dumps(cfg, indent=2).encode())
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> Encoder:
