@@ -551,6 +551,7 @@ def analyze_semantics_cmd(
     stsb: Path = typer.Option(None, help="STS-B tsv (default ../shared/data/stsb/dev.tsv)."),
     variants: str = typer.Option("none,teacher_bank", help="Fitting variants to compare (see docs/ANALYSES.md)."),
     max_steps: int = typer.Option(200, help="Steps per text."),
+    slots: int = typer.Option(8, help="Texts fitted at once."),
     augment: Path | None = typer.Option(Path("data/augment.jsonl"), help="Original/lexical/semantic triples."),
     model: str = typer.Option("smollm2-135m-instruct", help=MODEL_HELP),
     as_json: bool = typer.Option(False, "--json"),
@@ -563,7 +564,7 @@ def analyze_semantics_cmd(
 
     res = run_semantics(out, llm=load_llm(model), teacher=load_teacher(), pairs=pairs, max_steps=max_steps,
                         variants=variants.split(","), augment_file=augment, stsb=stsb or STSB_DEV,
-                        show_progress=not as_json)
+                        show_progress=not as_json, slots=slots)
     _report(res, as_json, f"STS-B Spearman with human scores ({pairs} pairs)",
             ["variant", "sts_e", "sts_m", "sts_em", "sts_teacher", "agree_e", "mean_acc"])
     if not as_json and res.get("augmentation"):

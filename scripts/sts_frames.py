@@ -32,9 +32,10 @@ def main() -> None:
     ap.add_argument("--variants", default="none,batch,bank,teacher_batch,teacher_bank",
                     help="comma-separated: " + ", ".join(STS_VARIANTS))
     ap.add_argument("--out-dir", type=Path, default=ROOT / "runs" / "sts_frames")
+    ap.add_argument("--slots", type=int, default=8, help="texts fitted at once")
     args = ap.parse_args()
     results = sts_experiment(args.out_dir, llm=load_llm(device="cpu"), teacher=load_teacher(), pairs=args.pairs,
-                             max_steps=args.max_steps, variants=args.variants.split(","),
+                             max_steps=args.max_steps, variants=args.variants.split(","), slots=args.slots,
                              on_row=lambda r: print(json.dumps(r), flush=True))
     (args.out_dir / f"results-{args.pairs}-{args.max_steps}.json").write_text(json.dumps(results, indent=2))
     print(f"\n{'variant':34} {'STS e':>6} {'STS m':>6} {'STS em':>6} {'teacher':>7} {'agree e':>7} "

@@ -97,7 +97,7 @@ STS_VARIANTS = {
 
 def sts_experiment(out_dir: str | Path, *, llm, teacher, pairs: int = 100, max_steps: int = 200,
                    variants=("none", "teacher_bank"), stsb: str | Path = STSB_DEV, precision: str = "bf16",
-                   show_progress: bool = False, on_row=None) -> list[dict]:
+                   show_progress: bool = False, on_row=None, slots: int = 8) -> list[dict]:
     """STS-B pairs split across batches (all first sentences, then all second ones), one corpus per variant
     under out_dir (reused if present: the build resumes). Spearman of cos(x_a, x_b) with the human scores."""
     import json
@@ -122,7 +122,8 @@ def sts_experiment(out_dir: str | Path, *, llm, teacher, pairs: int = 100, max_s
         name, bkw, fkw = STS_VARIANTS[key]
         cdir = out / f"{key}-{pairs}-{max_steps}"
         s = build_corpus(BuildConfig(input=str(src), out=str(cdir), **bkw),
-                         FitConfig(max_steps=max_steps, max_tokens=64, precision=precision, **fkw), llm=llm,
+                         FitConfig(max_steps=max_steps, max_tokens=64, precision=precision, num_slots=slots, **fkw),
+                         llm=llm,
                          teacher=teacher, show_progress=show_progress)
         ds = corpus.load(cdir)
         b = ds[:]
@@ -196,7 +197,8 @@ def augmentation(llm, teacher, triples: list[dict], out_dir: str | Path, *, max_
 
 def run_semantics(out_dir: str | Path, *, llm, teacher, pairs: int = 100, max_steps: int = 200,
                   variants=("none", "teacher_bank"), augment_file: str | Path | None = None,
-                  stsb: str | Path = STSB_DEV, precision: str = "bf16", show_progress: bool = True) -> dict:
+                  stsb: str | Path = STSB_DEV, precision: str = "bf16", show_progress: bool = True,
+                  slots: int = 8) -> dict:
     """The `nar analyze semantics` job: STS-B Spearman per variant + the augmentation experiment."""
     import json
 
@@ -204,7 +206,7 @@ def run_semantics(out_dir: str | Path, *, llm, teacher, pairs: int = 100, max_st
 
     out = Path(out_dir)
     sts = sts_experiment(out, llm=llm, teacher=teacher, pairs=pairs, max_steps=max_steps, variants=variants,
-                         stsb=stsb, precision=precision, show_progress=show_progress)
+                         stsb=stsb, precision=precision, show_progress=show_progress, slots=slots)
     plt = figure()
     fig, ax = plt.subplots(figsize=(7, 3.8))
     keys = ["sts_e", "sts_m", "sts_em", "sts_teacher"]
