@@ -285,12 +285,10 @@ def train_encoder_cmd(
     from nar.analysis.common import corpus_llm
     from nar.config import EncoderConfig, TrainConfig
     from nar.corpus import read_manifest
-    from nar.llm import load_llm
     from nar.train import train_encoder
 
     man = read_manifest(corpus)
-    llm, _, _ = corpus_llm(corpus, load_llm(man.get("build_config", {}).get("model", "smollm2-135m-instruct"),
-                                            device=device))
+    llm, _, _ = corpus_llm(corpus, device=device)
     cfg = TrainConfig(run_dir=str(run_dir), steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, w_reg=w_reg,
                       w_ce=w_ce, w_len=w_len, val_frac=val_frac, val_every=val_every, min_accuracy=min_accuracy,
                       precision=precision, seed=seed, resume=resume)
@@ -317,13 +315,9 @@ def eval_encoder_cmd(
     """Token accuracy and exact match on train/validation: encoder vs nearest-neighbour and mean baselines."""
     setup_logging(False)
     from nar.analysis.common import corpus_llm
-    from nar.corpus import read_manifest
-    from nar.llm import load_llm
     from nar.train import eval_encoder
 
-    man = read_manifest(corpus)
-    llm, _, _ = corpus_llm(corpus, load_llm(man.get("build_config", {}).get("model", "smollm2-135m-instruct"),
-                                            device=device))
+    llm, _, _ = corpus_llm(corpus, device=device)
     res = eval_encoder(checkpoint, corpus, llm=llm, precision=precision)
     if as_json:
         print_json(res)

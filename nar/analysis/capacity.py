@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from nar.analysis.report import figure, write_report
+from nar.analysis.report import figure, save_figure, write_report
 from nar.config import FitConfig
 from nar.fit import FitItem, fit_stream
 from nar.llm import FrozenLLM
@@ -53,12 +53,7 @@ def plot_capacity(rows: list[dict], path: str | Path, threshold: float) -> None:
     ax.axhline(threshold, color="grey", ls=":", label=f"{threshold}")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("N (tokens)")
-    ax.set_ylabel("token accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, ylabel="token accuracy")
 
 
 def run_capacity(texts: list[str], out_dir: str | Path, *, llm: FrozenLLM, ns: list[int], cfg: FitConfig,

@@ -12,12 +12,12 @@ from nar.errors import NarError
 from nar.llm import FrozenLLM, Layout, load_llm
 
 
-def corpus_llm(path: str | Path, llm: FrozenLLM | None = None, **load_kwargs) -> tuple[FrozenLLM, Layout, str]:
+def corpus_llm(path: str | Path, llm: FrozenLLM | None = None, device: str = "auto"
+               ) -> tuple[FrozenLLM, Layout, str]:
     """The corpus's frozen LLM (loaded, or the one given after a fingerprint check), layout and precision."""
     man = corpus_store.read_manifest(path)
     if llm is None:
-        llm = load_llm(man.get("build_config", {}).get("model", "smollm2-135m-instruct"), device="auto",
-                       **load_kwargs)
+        llm = load_llm(man.get("build_config", {}).get("model", "smollm2-135m-instruct"), device=device)
     if llm.fingerprint != man["llm"]["fingerprint"]:
         raise NarError(f"corpus {path} was fitted with {man['llm']['fingerprint']}, the model is {llm.fingerprint}")
     return llm, Layout.from_dict(man["layout"]), man.get("fit_config", {}).get("precision", "fp32")

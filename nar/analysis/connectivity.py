@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nar.analysis.report import figure, write_report
+from nar.analysis.report import figure, save_figure, write_report
 from nar.config import FitConfig
 from nar.decode import decode_ids, token_accuracy
 from nar.fit import FitItem, fit_stream
@@ -88,12 +88,7 @@ def plot_paths(rows: list[dict], path: str | Path) -> None:
         ax.plot(ts, r["line"], "--", color=f"C{k}", label=f"text {k}: line")
         ax.plot(ts, r["curve"], "-", color=f"C{k}", label=f"text {k}: Bezier")
     ax.set_xlabel("t (solution a -> solution b)")
-    ax.set_ylabel("token accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, ylabel="token accuracy")
 
 
 def run_connectivity(texts: list[str], out_dir: str | Path, *, llm: FrozenLLM, cfg: FitConfig, curve_steps: int = 200,

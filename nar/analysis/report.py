@@ -30,3 +30,16 @@ def figure():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, path: str | Path, ylabel: str | None = None) -> None:
+    """Finish a single-axes line plot (grid, legend, optional y label) or any figure, write it, free it."""
+    import matplotlib.pyplot as plt
+
+    for ax in fig.axes[:1] if ylabel else []:
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
