@@ -61,3 +61,11 @@ def tiny_llm(tiny_path):
 def nar_cache(tmp_path_factory):
     """Where the real model is cached: the user's cache if set, else one per test session."""
     return os.environ.get("NAR_CACHE") or str(tmp_path_factory.mktemp("nar-cache"))
+
+
+@pytest.fixture(scope="session")
+def teacher():
+    """The embedded sentence-embedding teacher (all-MiniLM-L6-v2 from its PyPI wheel, offline)."""
+    from nar.teacher import load_teacher
+
+    return load_teacher()

@@ -24,13 +24,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIT = dict(precision="fp32", lr=5e-2, max_steps=300, num_slots=4)
 
 
-@pytest.fixture(scope="module")
-def teacher():
-    from nar.teacher import load_teacher
-
-    return load_teacher()
-
-
 def write_jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

@@ -19,13 +19,6 @@ ENC = EncoderConfig(d_model=64, layers=1, heads=4, dropout=0.0, max_len=16)
 
 
 @pytest.fixture(scope="module")
-def teacher():
-    from nar.teacher import load_teacher
-
-    return load_teacher()
-
-
-@pytest.fixture(scope="module")
 def pair_corpus(tiny_llm, teacher, tmp_path_factory):
     d = tmp_path_factory.mktemp("enc")
     rows = [{"id": f"p{i}", "source": f"say: {t}", "target": t} for i, t in enumerate(TINY_CORPUS)]

@@ -16,13 +16,6 @@ FIT = dict(precision="fp32", lr=5e-2, max_steps=300, num_slots=4)
 
 
 @pytest.fixture(scope="module")
-def teacher():
-    from nar.teacher import load_teacher
-
-    return load_teacher()
-
-
-@pytest.fixture(scope="module")
 def tiny_corpus(tiny_llm, teacher, tmp_path_factory):
     d = tmp_path_factory.mktemp("corpus")
     src = d / "in.jsonl"
