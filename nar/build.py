@@ -123,20 +123,9 @@ def build_corpus(bcfg: BuildConfig, fcfg: FitConfig, *, llm: FrozenLLM | None = 
         todo.append((r, ids, target))
 
     T = teacher.encode([t for _, _, t in todo]) if todo else torch.zeros(0, teacher.dim)
-    Q = None
-    if fcfg.init == "teacher" or bcfg.anchor_weight > 0:
-        Q = teacher_projection(teacher.dim, llm.hidden_size, bcfg.projection_seed)
-    items = []
-    for (r, ids, target), t in zip(todo, T):
-        init_e = F.normalize(t @ Q, dim=0) * llm.embed_norm if fcfg.init == "teacher" else None
-        items.append(FitItem(key=r.id, ids=ids, init_e=init_e,
-                             payload={"source": r.source, "target": target, "teacher": t}))
-
-    bank = MemoryBank(bcfg.rd_bank if bcfg.rd_weight > 0 else 0)
-    _seed_bank(out, bank, bcfg.rd_target)
-    reg = None
-    if bcfg.rd_weight > 0 or bcfg.anchor_weight > 0:
-        reg = TeacherRegulariser(bcfg.rd_weight, bcfg.anchor_weight, bcfg.rd_target, Q, bank)
+    init_e, bank, reg = corpus_frame(out, llm, teacher, fcfg, bcfg)
+    items = [FitItem(key=r.id, ids=ids, init_e=init_e(t), payload={"source": r.source, "target": target, "teacher": t})
+             for (r, ids, target), t in zip(todo, T)]
     writer = ShardWriter(out, llm.hidden_size, teacher.dim, rank=bcfg.rank)
     log_dir = Path(bcfg.log_dir or out / "tb")
     if bcfg.world_size > 1:
@@ -211,6 +200,26 @@ def merge(out: str | Path, shard_size: int = 1024) -> dict:
     return man["counts"]
 
 
+def corpus_frame(out: Path, llm: FrozenLLM, teacher: Teacher, fcfg: FitConfig, bcfg: BuildConfig):
+    """The corpus's one frame: (init_e(teacher_vec) -> (D,) or None, memory bank, extra loss or None).
+
+    The fixed projection Q gives the teacher-aligned init and the anchor loss; the bank starts from the
+    corpus already written, so a resumed run and a later query share the frame of the first run."""
+    Q = None
+    if fcfg.init == "teacher" or bcfg.anchor_weight > 0:
+        Q = teacher_projection(teacher.dim, llm.hidden_size, bcfg.projection_seed)
+
+    def init_e(t: torch.Tensor) -> torch.Tensor | None:
+        return F.normalize(t @ Q, dim=0) * llm.embed_norm if fcfg.init == "teacher" else None
+
+    bank = MemoryBank(bcfg.rd_bank if bcfg.rd_weight > 0 else 0)
+    _seed_bank(Path(out), bank, bcfg.rd_target)
+    reg = None
+    if bcfg.rd_weight > 0 or bcfg.anchor_weight > 0:
+        reg = TeacherRegulariser(bcfg.rd_weight, bcfg.anchor_weight, bcfg.rd_target, Q, bank)
+    return init_e, bank, reg
+
+
 def fit_in_corpus_frame(path: str | Path, texts: list[str], *, llm: FrozenLLM | None = None,
                         teacher: Teacher | None = None, max_steps: int | None = None) -> list[FitResult]:
     """Fit new texts exactly as the corpus was fitted (same model, layout, init frame, regularisers),
@@ -220,28 +229,19 @@ def fit_in_corpus_frame(path: str | Path, texts: list[str], *, llm: FrozenLLM | 
     fcfg = FitConfig.from_dict(man["fit_config"])
     if max_steps is not None:
         fcfg = FitConfig.from_dict({**fcfg.to_dict(), "max_steps": max_steps})
-    b = man.get("build_config", {})
-    llm = llm or load_llm(b.get("model", "smollm2-135m-instruct"), device=b.get("device", "auto"))
+    bcfg = BuildConfig(**man["build_config"])
+    llm = llm or load_llm(bcfg.model, device=bcfg.device)
     if llm.fingerprint != man["llm"]["fingerprint"]:
         raise NarError(f"{path} was built with LLM {man['llm']['fingerprint']}, the loaded model is {llm.fingerprint}")
-    teacher = teacher or load_teacher(b.get("teacher", "all-MiniLM-L6-v2"))
+    teacher = teacher or load_teacher(bcfg.teacher)
     if teacher.fingerprint != man["teacher"]["fingerprint"]:
         raise NarError(f"{path} was built with teacher {man['teacher']['fingerprint']}, not {teacher.fingerprint}")
     from nar.fit import prepare_ids
 
-    T = teacher.encode(texts)
-    Q = teacher_projection(teacher.dim, llm.hidden_size, b.get("projection_seed", 0))
-    items = []
-    for i, (text, t) in enumerate(zip(texts, T)):
-        init_e = F.normalize(t @ Q, dim=0) * llm.embed_norm if fcfg.init == "teacher" else None
-        items.append(FitItem(key=str(i), ids=prepare_ids(llm, text, fcfg), init_key=text, init_e=init_e,
-                             payload={"source": text, "target": text, "teacher": t}))
-    rd_weight, anchor_weight = b.get("rd_weight", 0.0), b.get("anchor_weight", 0.0)
-    bank = MemoryBank(b.get("rd_bank", 0) if rd_weight > 0 else 0)
-    _seed_bank(path, bank, b.get("rd_target", "e"))
-    reg = None
-    if rd_weight > 0 or anchor_weight > 0:
-        reg = TeacherRegulariser(rd_weight, anchor_weight, b.get("rd_target", "e"), Q, bank)
+    init_e, _, reg = corpus_frame(path, llm, teacher, fcfg, bcfg)
+    items = [FitItem(key=str(i), ids=prepare_ids(llm, text, fcfg), init_key=text, init_e=init_e(t),
+                     payload={"source": text, "target": text, "teacher": t})
+             for i, (text, t) in enumerate(zip(texts, teacher.encode(texts)))]
     by_key = {r.key: r for r in fit_stream(llm, items, fcfg, extra_loss=reg)}
     return [by_key[str(i)] for i in range(len(texts))]
 
