@@ -35,7 +35,7 @@ test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 bench-decode: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python bench/decode_speed.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/generate_speed.py
 
 lint: setup
 	$(BIN)/ruff check nar cli tests bench

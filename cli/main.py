@@ -128,12 +128,18 @@ def build_corpus_cmd(
     max_steps: int = typer.Option(500, help="Optimiser steps per text before giving up (best kept)."),
     target_acc: float = typer.Option(1.0, help="Stop a text early at this token accuracy."),
     max_tokens: int = typer.Option(32, help="Longest target in tokens (see --on-long)."),
-    lr: float = typer.Option(1e-2, help="AdamW learning rate."),
+    lr: float = typer.Option(1e-2, help="AdamW learning rate (peak of the schedule)."),
+    lr_schedule: str = typer.Option("constant", help="'constant' or 'cosine' (warm-up, then decay to lr/10)."),
+    warmup_steps: int = typer.Option(0, help="Warm-up steps of the cosine schedule."),
     precision: str = typer.Option("bf16", help="'bf16' autocast or 'fp32'."),
     prefix: str = typer.Option("bos", help="Fixed tokens before e: 'bos', 'none' or literal text."),
     init: str = typer.Option("teacher", help="'teacher' (e from a fixed projection of the teacher embedding: "
-                                             "one frame for the corpus), 'embed_std' or 'randn'."),
+                                             "one frame for the corpus), 'tokens', 'embed_std' or 'randn'."),
+    warm_start: str = typer.Option("none", help="'neighbour': start e and m at the nearest written row's "
+                                                "proto-tokens (teacher space); 'none'."),
     slots: int = typer.Option(8, help="Texts fitted at once (continuous batching)."),
+    sort_length: bool = typer.Option(True, "--sort-length/--no-sort-length",
+                                     help="Fill slots shortest text first (less padding per step)."),
     append_eos: bool = typer.Option(False, "--append-eos", help="Fit an EOS after each target."),
     seed: int = typer.Option(0, help="Seed of the random initial vectors."),
     shard_size: int = typer.Option(1024, help="Rows per shard after compaction."),
@@ -156,10 +162,11 @@ def build_corpus_cmd(
     bcfg = BuildConfig(input=input, out=str(out), text_column=text_column, source_column=source_column,
                        target_column=target_column, id_column=id_column, split=split, limit=limit, on_long=on_long,
                        model=model, teacher=teacher, rd_weight=rd_weight, rd_target=rd_target, rd_bank=rd_bank,
-                       anchor_weight=anchor_weight, shard_size=shard_size,
+                       anchor_weight=anchor_weight, warm_start=warm_start, shard_size=shard_size,
                        log_dir=str(log_dir) if log_dir else None, device=device, rank=rank, world_size=world)
-    fcfg = FitConfig(max_steps=max_steps, target_acc=target_acc, lr=lr, init=init, prefix=prefix,
-                     precision=precision, num_slots=slots, max_tokens=max_tokens, append_eos=append_eos, seed=seed)
+    fcfg = FitConfig(max_steps=max_steps, target_acc=target_acc, lr=lr, lr_schedule=lr_schedule,
+                     warmup_steps=warmup_steps, init=init, prefix=prefix, precision=precision, num_slots=slots,
+                     sort_by_length=sort_length, max_tokens=max_tokens, append_eos=append_eos, seed=seed)
     summary = build_corpus(bcfg, fcfg, show_progress=not as_json and rank == 0, barrier=barrier)
     if rank != 0:
         return
@@ -412,7 +419,7 @@ app.add_typer(index_app, name="index")
 analyze_app = typer.Typer(help="The papers' analyses of proto-token space; each writes PNG + JSON + CSV.",
                           no_args_is_help=True)
 app.add_typer(analyze_app, name="analyze")
-SPACE_HELP = "Proto-token space: 'e', 'm' or 'em' ([e; m], each half normalised)."
+SPACE_HELP = "Proto-token space: 'e', 'm' or 'em' (e and m concatenated, each half normalised)."
 
 
 @index_app.command("build")
@@ -550,7 +557,7 @@ def analyze_semantics_cmd(
     model: str = typer.Option("smollm2-135m-instruct", help=MODEL_HELP),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """How much meaning e and m carry: STS-B Spearman (e, m, [e; m], teacher) and augmentations."""
+    """How much meaning e and m carry: STS-B Spearman (e, m, e+m, teacher) and augmentations."""
     setup_logging(False)
     from nar.analysis.semantics import STSB_DEV, run_semantics
     from nar.llm import load_llm

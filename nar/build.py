@@ -76,6 +76,23 @@ def _seed_bank(out: Path, bank: MemoryBank, rd_target: str) -> None:
         bank.add(proto_view(e, m, rd_target)[0], torch.tensor(table.column("teacher")[i].as_py()))
 
 
+def neighbour_init(out: Path, T: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Warm start: for each teacher vector in T (B, d), the (e, m) of the nearest written row in teacher
+    space (cosine), as two (B, D) tensors; None when the corpus has no usable row yet."""
+    import faiss
+
+    table = read_table(out, ["e", "m", "teacher", "failed"])
+    keep = [i for i, f in enumerate(table.column("failed").to_pylist()) if not f]
+    if not keep or len(T) == 0:
+        return None
+    cols = {c: torch.tensor(table.column(c).to_pylist(), dtype=torch.float32)[keep] for c in ("e", "m", "teacher")}
+    index = faiss.IndexFlatIP(cols["teacher"].shape[1])
+    index.add(F.normalize(cols["teacher"], dim=1).numpy())
+    _, nn = index.search(F.normalize(T.float(), dim=1).numpy(), 1)
+    nn = torch.from_numpy(nn[:, 0])
+    return cols["e"][nn], cols["m"][nn]
+
+
 def build_corpus(bcfg: BuildConfig, fcfg: FitConfig, *, llm: FrozenLLM | None = None,
                  teacher: Teacher | None = None, show_progress: bool = True,
                  barrier: Callable[[], None] = lambda: None) -> dict:
@@ -126,6 +143,13 @@ def build_corpus(bcfg: BuildConfig, fcfg: FitConfig, *, llm: FrozenLLM | None = 
     init_e, bank, reg = corpus_frame(out, llm, teacher, fcfg, bcfg)
     items = [FitItem(key=r.id, ids=ids, init_e=init_e(t), payload={"source": r.source, "target": target, "teacher": t})
              for (r, ids, target), t in zip(todo, T)]
+    if bcfg.warm_start == "neighbour" and items:
+        warm = neighbour_init(out, T)
+        if warm is None:
+            log.warning("--warm-start neighbour: the corpus has no rows yet; starting from --init %s", fcfg.init)
+        else:
+            for it, e0, m0 in zip(items, *warm):
+                it.init_e, it.init_m = e0, m0
     writer = ShardWriter(out, llm.hidden_size, teacher.dim, rank=bcfg.rank)
     log_dir = Path(bcfg.log_dir or out / "tb")
     if bcfg.world_size > 1:

@@ -30,8 +30,14 @@ class FitConfig:
     """AdamW beta2 (Paper A: 0.9, not the usual 0.999)."""
     weight_decay: float = 0.01
     """AdamW decoupled weight decay on e and m (Paper A: 0.01)."""
+    lr_schedule: str = "constant"
+    """'constant' (Paper A) or 'cosine': per text, linear warm-up over warmup_steps, then cosine decay
+    from lr to lr/10 at max_steps (each slot follows its own text's step count)."""
+    warmup_steps: int = 0
+    """Linear warm-up steps of the 'cosine' schedule."""
     init: str = "embed_std"
     """'embed_std': randn scaled by the std of the LLM's embedding matrix; 'randn': plain N(0, 1);
+    'tokens': e and m start at the mean of the target's own token embeddings plus 'embed_std' noise;
     'teacher' (build-corpus): e starts at a fixed projection of the text's teacher embedding, scaled to
     a token's norm, m as 'embed_std'. The projection is one frame for the whole corpus."""
     prefix: str = "bos"
@@ -44,6 +50,9 @@ class FitConfig:
     """'bf16': bfloat16 autocast for the LLM's matmuls (proto-tokens stay fp32); 'fp32': none."""
     num_slots: int = 8
     """Texts fitted at once as one padded batch; a finished slot is refilled with the next text."""
+    sort_by_length: bool = True
+    """Feed texts to the slots shortest first, so co-resident texts have similar lengths and a step
+    does not pay for padding up to the longest text of a mixed batch (results do not depend on order)."""
     max_tokens: int = 64
     """Longest target, in tokens, that is accepted."""
     append_eos: bool = False
@@ -57,7 +66,10 @@ class FitConfig:
         _check(self.lr > 0, "lr must be > 0")
         _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "betas must be in [0, 1)")
         _check(self.weight_decay >= 0, "weight_decay must be >= 0")
-        _check(self.init in ("embed_std", "randn", "teacher"), "init must be 'embed_std', 'randn' or 'teacher'")
+        _check(self.init in ("embed_std", "randn", "tokens", "teacher"),
+               "init must be 'embed_std', 'randn', 'tokens' or 'teacher'")
+        _check(self.lr_schedule in ("constant", "cosine"), "lr_schedule must be 'constant' or 'cosine'")
+        _check(self.warmup_steps >= 0, "warmup_steps must be >= 0")
         _check(self.first in ("e", "m"), "first must be 'e' or 'm'")
         _check(self.precision in ("bf16", "fp32"), "precision must be 'bf16' or 'fp32'")
         _check(self.num_slots >= 1, "num_slots must be >= 1")
@@ -111,6 +123,9 @@ class BuildConfig:
     """Weight of the anchor loss (a fixed projection of e pulled towards the teacher embedding)."""
     projection_seed: int = 0
     """Seed of the fixed teacher<->proto-token projection (teacher init and anchor loss)."""
+    warm_start: str = "none"
+    """'neighbour': start each new text's e and m at the proto-tokens of its nearest corpus row in
+    teacher space (amortised fitting: needs rows already in the corpus); 'none': the init of FitConfig."""
     shard_size: int = 1024
     """Rows per shard after the end-of-run compaction."""
     log_dir: str | None = None
@@ -127,6 +142,7 @@ class BuildConfig:
         _check(self.rd_weight >= 0 and self.anchor_weight >= 0, "loss weights must be >= 0")
         _check(self.rd_target in ("e", "m", "em"), "rd_target must be 'e', 'm' or 'em'")
         _check(self.rd_bank >= 0, "rd_bank must be >= 0")
+        _check(self.warm_start in ("none", "neighbour"), "warm_start must be 'none' or 'neighbour'")
         _check(self.shard_size >= 1, "shard_size must be >= 1")
         _check(self.limit is None or self.limit >= 1, "limit must be >= 1")
         _check(0 <= self.rank < self.world_size, "rank must be in [0, world_size)")

@@ -92,6 +92,30 @@ def init_vector(key: str, seed: int, dim: int, scale: float) -> torch.Tensor:
     return torch.randn(dim, generator=g) * scale
 
 
+def lr_at(cfg: FitConfig, step: int) -> float:
+    """The learning rate of a text's `step`-th update (0-based) under cfg's schedule."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(cfg.max_steps - cfg.warmup_steps, 1)
+    t = min((step - cfg.warmup_steps) / span, 1.0)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * t)))
+
+
+def initial_vectors(llm: FrozenLLM, item: FitItem, cfg: FitConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(e, m) a text starts from: the item's own init_e/init_m where given, else cfg.init. Both (D,)."""
+    dim = llm.hidden_size
+    scale = llm.embed_std if cfg.init in ("embed_std", "tokens", "teacher") else 1.0
+    e = init_vector(item.seed_key + "/e", cfg.seed, dim, scale)
+    m = init_vector(item.seed_key + "/m", cfg.seed, dim, scale)
+    if cfg.init == "tokens":
+        with torch.no_grad():
+            mean = llm.model.get_input_embeddings()(torch.tensor(item.ids, device=llm.device)).float().mean(0).cpu()
+        e, m = mean + e, mean + m
+    return (item.init_e if item.init_e is not None else e), (item.init_m if item.init_m is not None else m)
+
+
 def make_layout(llm: FrozenLLM, cfg: FitConfig) -> Layout:
     return Layout(prefix_ids=llm.resolve_prefix(cfg.prefix), first=cfg.first)
 
@@ -118,7 +142,6 @@ def fit_stream(llm: FrozenLLM, items: Iterable[FitItem], cfg: FitConfig, *,
         return
     layout = make_layout(llm, cfg)
     dev, dim = llm.device, llm.hidden_size
-    scale = llm.embed_std if cfg.init == "embed_std" else 1.0
     n_slots = cfg.num_slots
     e_params = [torch.zeros(dim, device=dev, requires_grad=True) for _ in range(n_slots)]
     m_params = [torch.zeros(dim, device=dev, requires_grad=True) for _ in range(n_slots)]
@@ -127,6 +150,8 @@ def fit_stream(llm: FrozenLLM, items: Iterable[FitItem], cfg: FitConfig, *,
     opt = torch.optim.AdamW([{"params": [e_params[i], m_params[i]]} for i in range(n_slots)],
                             lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     slots: list[_Slot | None] = [None] * n_slots
+    if cfg.sort_by_length:  # stable: equal lengths keep their input order
+        items = sorted(items, key=lambda it: len(it.ids))
     pending = iter(items)
 
     def fill(i: int) -> bool:
@@ -134,11 +159,10 @@ def fit_stream(llm: FrozenLLM, items: Iterable[FitItem], cfg: FitConfig, *,
         if item is None:
             slots[i] = None
             return False
+        e0, m0 = initial_vectors(llm, item, cfg)
         with torch.no_grad():
-            e_params[i].copy_(item.init_e if item.init_e is not None
-                              else init_vector(item.seed_key + "/e", cfg.seed, dim, scale))
-            m_params[i].copy_(item.init_m if item.init_m is not None
-                              else init_vector(item.seed_key + "/m", cfg.seed, dim, scale))
+            e_params[i].copy_(e0)
+            m_params[i].copy_(m0)
         for p in (e_params[i], m_params[i]):
             opt.state.pop(p, None)
             p.grad = None
@@ -185,6 +209,8 @@ def fit_stream(llm: FrozenLLM, items: Iterable[FitItem], cfg: FitConfig, *,
                 loss.backward()
                 for i in finished:  # their vectors are already recorded; keep the step from moving them
                     e_params[i].grad = m_params[i].grad = None
+                for i in act:
+                    opt.param_groups[i]["lr"] = lr_at(cfg, slots[i].steps)
                 opt.step()
             else:  # a cross-text term blew up: no single text is to blame, so skip this update
                 log.warning("non-finite extra loss at step %d (%s); update skipped", step, list(extras))
@@ -239,9 +265,8 @@ def _fit_shared_m(llm: FrozenLLM, items: list[FitItem], cfg: FitConfig, *, extra
         return
     layout = make_layout(llm, cfg)
     dev, dim = llm.device, llm.hidden_size
-    scale = llm.embed_std if cfg.init == "embed_std" else 1.0
-    E = torch.stack([it.init_e if it.init_e is not None else init_vector(it.seed_key + "/e", cfg.seed, dim, scale)
-                     for it in items]).to(dev)
+    scale = llm.embed_std if cfg.init != "randn" else 1.0
+    E = torch.stack([initial_vectors(llm, it, cfg)[0] for it in items]).to(dev)
     E.requires_grad_(True)
     m = init_vector("shared/m", cfg.seed, dim, scale).to(dev).unsqueeze(0).requires_grad_(True)
     opt = torch.optim.AdamW([E, m], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
@@ -267,6 +292,8 @@ def _fit_shared_m(llm: FrozenLLM, items: list[FitItem], cfg: FitConfig, *, extra
             break
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        for g in opt.param_groups:
+            g["lr"] = lr_at(cfg, steps)
         opt.step()
         steps += 1
     seconds = time.perf_counter() - t0

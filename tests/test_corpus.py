@@ -200,3 +200,25 @@ def test_sigkill_mid_run_then_resume_loses_nothing_and_duplicates_nothing(tiny_p
     assert s["already_done"] == before and s["fitted"] == len(texts) - before
     ids = corpus.load(out)["id"]
     assert sorted(ids) == sorted(f"k{i}" for i in range(len(texts)))
+
+
+def test_warm_start_from_nearest_neighbour(tiny_llm, teacher, tmp_path, caplog):
+    from nar.build import neighbour_init
+
+    src = write_jsonl(tmp_path / "a.jsonl", [{"id": f"a{i}", "text": t} for i, t in enumerate(TINY_CORPUS[:4])])
+    out = tmp_path / "c"
+    cfg = BuildConfig(input=str(src), out=str(out), warm_start="neighbour")
+    with caplog.at_level("WARNING"):
+        build_corpus(cfg, FitConfig(**FIT), llm=tiny_llm, teacher=teacher, show_progress=False)
+    assert "no rows yet" in caplog.text
+    ds = corpus.load(out)
+    rows = {r["id"]: r for r in ds}
+    # a query equal to a written text starts at that text's own vectors
+    E, M = neighbour_init(out, teacher.encode([TINY_CORPUS[2], TINY_CORPUS[0]]))
+    torch.testing.assert_close(E[0], rows["a2"]["e"])
+    torch.testing.assert_close(M[1], rows["a0"]["m"])
+    assert neighbour_init(tmp_path / "empty-does-not-matter", torch.zeros(0, teacher.dim)) is None
+    more = write_jsonl(tmp_path / "b.jsonl", [{"id": f"b{i}", "text": TINY_CORPUS[4 + i]} for i in range(2)])
+    run = build_corpus(BuildConfig(input=str(more), out=str(out), warm_start="neighbour"), FitConfig(**FIT),
+                       llm=tiny_llm, teacher=teacher, show_progress=False)
+    assert run["fitted"] == 2 and corpus.info(out)["count"] == 6

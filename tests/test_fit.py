@@ -124,3 +124,50 @@ def test_nan_in_one_text_fails_only_that_text(tiny_llm, monkeypatch):
                                        FitConfig(**FAST, num_slots=3))}
     assert rs["1"].failed and not rs["1"].converged
     assert rs["0"].converged and rs["2"].converged
+
+
+def test_lr_schedule():
+    from nar.fit import lr_at
+
+    const = FitConfig(lr=0.03)
+    assert lr_at(const, 0) == lr_at(const, 499) == 0.03
+    cos = FitConfig(lr=0.03, lr_schedule="cosine", warmup_steps=10, max_steps=110)
+    warm = [lr_at(cos, s) for s in range(10)]
+    assert warm == sorted(warm) and warm[0] == pytest.approx(0.003) and warm[-1] == pytest.approx(0.03)
+    decay = [lr_at(cos, s) for s in range(10, 111)]
+    assert decay == sorted(decay, reverse=True)
+    assert decay[0] == pytest.approx(0.03) and decay[-1] == pytest.approx(0.003)
+    with pytest.raises(NarError):
+        FitConfig(lr_schedule="linear")
+
+
+def test_slots_are_filled_shortest_first_and_results_keep_input_order(tiny_llm):
+    texts = ["birds sing in the morning over the quiet town", "cold water", "the cat sat on the mat"]
+    seen = []
+
+    def record(s):
+        seen.append(s.active)
+    cfg = FitConfig(**FAST, num_slots=1)
+    order = [r.n_tokens for r in fit_stream(tiny_llm, [FitItem(str(i), tiny_llm.encode(t))
+                                                       for i, t in enumerate(texts)], cfg)]
+    assert order == sorted(order)
+    unsorted = [r.n_tokens for r in fit_stream(tiny_llm, [FitItem(str(i), tiny_llm.encode(t))
+                                                          for i, t in enumerate(texts)],
+                                               FitConfig(**FAST, num_slots=1, sort_by_length=False))]
+    assert unsorted == [len(tiny_llm.encode(t)) for t in texts]
+    rs = fit_texts(tiny_llm, texts, FitConfig(**FAST, num_slots=2), on_step=record)
+    assert [r.payload["text"] for r in rs] == texts and all(r.converged for r in rs)
+
+
+def test_token_init_starts_at_mean_token_embedding(tiny_llm):
+    from nar.fit import initial_vectors
+
+    ids = tiny_llm.encode(TEXTS[0])
+    cfg = FitConfig(init="tokens")
+    e, m = initial_vectors(tiny_llm, FitItem("k", ids), cfg)
+    mean = tiny_llm.model.get_input_embeddings()(torch.tensor(ids)).float().mean(0)
+    noise_e = init_vector("k/e", cfg.seed, tiny_llm.hidden_size, tiny_llm.embed_std)
+    torch.testing.assert_close(e, mean + noise_e)
+    assert not torch.allclose(e, m)
+    r = fit_texts(tiny_llm, TEXTS[:1], FitConfig(**FAST, init="tokens"))[0]
+    assert r.converged

@@ -122,7 +122,8 @@ def sts_experiment(out_dir: str | Path, *, llm, teacher, pairs: int = 100, max_s
         name, bkw, fkw = STS_VARIANTS[key]
         cdir = out / f"{key}-{pairs}-{max_steps}"
         s = build_corpus(BuildConfig(input=str(src), out=str(cdir), **bkw),
-                         FitConfig(max_steps=max_steps, max_tokens=64, precision=precision, num_slots=slots, **fkw),
+                         FitConfig(max_steps=max_steps, max_tokens=64, precision=precision, num_slots=slots,
+                                   sort_by_length=False, **fkw),  # keep A's and B's in separate batches
                          llm=llm,
                          teacher=teacher, show_progress=show_progress)
         ds = corpus.load(cdir)

@@ -2,12 +2,15 @@
 
 One pass: the frozen LLM reads [bos][e][m x (N-1)] once and takes the argmax at every position.
 Autoregressive: `model.generate` greedy with KV cache from the same one-token prompt, forced to emit
-exactly N new tokens (min_new_tokens = max_new_tokens = N). Latency is the median of --repeats runs
-after one warm-up; the proto-tokens are random (the cost of a forward pass does not depend on values).
+exactly N new tokens (min_new_tokens = max_new_tokens = N). "nar generate" adds the encoder: a batch of
+source sentences -> MiniLM backbone + proto-token head -> (e, m) -> the same one pass (the head is
+untrained here: latency does not depend on weight values; N is fixed to the cell's N).
+Latency is the median of --repeats runs after one warm-up; the proto-tokens are random (the cost of a
+forward pass does not depend on values).
 
-    python bench/decode_speed.py                   # batch 1, N = 32 and 64 (issue 2's cells)
-    python bench/decode_speed.py --full            # N in {16, 32, 64, 128} x batch in {1, 8}
-    python bench/decode_speed.py --quick           # batch 1, N = 32, 3 repeats
+    python bench/generate_speed.py                   # batch 1, N = 32 and 64
+    python bench/generate_speed.py --full            # N in {16, 32, 64, 128} x batch in {1, 8}
+    python bench/generate_speed.py --quick           # batch 1, N = 32, 3 repeats
 
 The last line is `ratio: X`, the geometric mean over cells of AR latency / one-pass latency.
 """
@@ -25,8 +28,26 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from nar.config import EncoderConfig  # noqa: E402
 from nar.decode import decode_ids, generate_greedy  # noqa: E402
+from nar.encoder import Encoder, load_backbone  # noqa: E402
 from nar.llm import Layout, load_llm  # noqa: E402
+
+SOURCES = ["What is the capital of France?", "Name three primary colours.",
+           "Write one sentence about the sea.", "How many legs does a spider have?",
+           "Give me a synonym for happy.", "What do bees make?", "Describe a cat in five words.",
+           "Why is the sky blue?"]
+
+
+def nar_generate_fn(enc: Encoder, llm, layout: Layout, b: int, n: int):
+    """The `nar generate` path for a batch of b sources at a fixed output length n."""
+    sources = (SOURCES * (b // len(SOURCES) + 1))[:b]
+
+    def fn():
+        with torch.no_grad():
+            e, m, _ = enc(sources)
+        return decode_ids(llm, e.float(), m.float(), [n] * b, layout, batch_size=b)
+    return fn
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -61,18 +82,21 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     print(f"model {llm.fingerprint}  device {llm.device}  threads {torch.get_num_threads()}  "
           f"repeats {args.repeats}")
-    print(f"{'N':>4} {'batch':>5} {'one-pass ms':>11} {'AR ms':>9} {'one-pass tok/s':>14} {'AR tok/s':>9} "
-          f"{'ratio':>6}")
+    backbone, tokenizer, _ = load_backbone(EncoderConfig().backbone)
+    enc = Encoder(EncoderConfig(), backbone, tokenizer, llm.hidden_size, meta={}).eval()
+    print(f"{'N':>4} {'batch':>5} {'one-pass ms':>11} {'nar gen ms':>10} {'AR ms':>9} {'one-pass tok/s':>14} "
+          f"{'AR tok/s':>9} {'AR/one-pass':>11} {'AR/nar gen':>10}")
     ratios = []
     for b in [int(x) for x in args.batch.split(",")]:
         for n in [int(x) for x in args.n.split(",")]:
             e = torch.randn(b, llm.hidden_size, generator=g) * llm.embed_std
             m = torch.randn(b, llm.hidden_size, generator=g) * llm.embed_std
             one = median_seconds(lambda: decode_ids(llm, e, m, [n] * b, layout, batch_size=b), args.repeats)
+            full = median_seconds(nar_generate_fn(enc, llm, layout, b, n), args.repeats)
             ar = median_seconds(lambda: generate_greedy(llm, [list(bos)] * b, n, stop_at_eos=False), args.repeats)
             ratios.append(ar / one)
-            print(f"{n:>4} {b:>5} {one * 1e3:>11.1f} {ar * 1e3:>9.1f} {b * n / one:>14.0f} {b * n / ar:>9.0f} "
-                  f"{ar / one:>6.1f}", flush=True)
+            print(f"{n:>4} {b:>5} {one * 1e3:>11.1f} {full * 1e3:>10.1f} {ar * 1e3:>9.1f} {b * n / one:>14.0f} "
+                  f"{b * n / ar:>9.0f} {ar / one:>11.1f} {ar / full:>10.1f}", flush=True)
     print(f"ratio: {math.exp(sum(map(math.log, ratios)) / len(ratios)):.2f}")
 
 

@@ -1,0 +1,92 @@
+"""Seconds per fitting step (forward + backward + AdamW) at a fixed batch shape, per engine setting.
+
+The cost of one optimiser step of `nar.fit` for B slots of N tokens, with nar's own loss function, for:
+fp32; bf16 autocast over fp32 weights (nar's default); the LLM's weights stored in bf16 (no per-step
+casts); torch.compile of the LLM (bf16 autocast); and 1 vs 2 threads. Steps per text are unaffected by
+these settings except through float rounding, so s/step is the figure that matters here. Median over
+--steps steps after --warmup steps.
+
+    python bench/fit_step.py                 # B=8, N=16, every setting (compile takes a few minutes)
+    python bench/fit_step.py --quick         # without torch.compile, fewer steps
+
+The last line is `ratio: X`: fp32 s/step over the fastest setting's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nar.fit import _reconstruction  # noqa: E402
+from nar.llm import Layout, load_llm  # noqa: E402
+
+
+def seconds_per_step(llm, precision: str, b: int, n: int, steps: int, warmup: int) -> float:
+    g = torch.Generator().manual_seed(0)
+    E = (torch.randn(b, llm.hidden_size, generator=g) * llm.embed_std).requires_grad_(True)
+    M = (torch.randn(b, llm.hidden_size, generator=g) * llm.embed_std).requires_grad_(True)
+    targets = [torch.randint(0, llm.model.config.vocab_size, (n,), generator=g) for _ in range(b)]
+    opt = torch.optim.AdamW([E, M], lr=1e-2, betas=(0.9, 0.9), weight_decay=0.01)
+    layout = Layout(llm.resolve_prefix("bos"), "e")
+    times = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        ce, _ = _reconstruction(llm, E, M, targets, layout, precision)
+        opt.zero_grad()
+        ce.sum().backward()
+        opt.step()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--n", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=15)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="no torch.compile, 8 steps")
+    args = ap.parse_args()
+    if args.quick:
+        args.steps = 8
+    rows = {}
+
+    def report(name, s):
+        rows[name] = s
+        print(f"{name:42} {s:7.3f} s/step", flush=True)
+
+    torch.set_num_threads(2)
+    llm = load_llm(device="cpu")
+    print(f"B={args.batch} N={args.n}, median of {args.steps} steps after {args.warmup} warm-up")
+    report("fp32, 2 threads", seconds_per_step(llm, "fp32", args.batch, args.n, args.steps, args.warmup))
+    report("bf16 autocast, 2 threads (default)",
+           seconds_per_step(llm, "bf16", args.batch, args.n, args.steps, args.warmup))
+    torch.set_num_threads(1)
+    report("bf16 autocast, 1 thread", seconds_per_step(llm, "bf16", args.batch, args.n, args.steps, args.warmup))
+    torch.set_num_threads(2)
+    bf = load_llm(device="cpu", dtype="bfloat16")
+    report("bf16 weights (no autocast), 2 threads",
+           seconds_per_step(bf, "fp32", args.batch, args.n, args.steps, args.warmup))
+    del bf
+    if not args.quick:
+        t0 = time.perf_counter()
+        llm.model.forward = torch.compile(llm.model.forward, dynamic=False)
+        try:
+            report("torch.compile + bf16 autocast, 2 threads",
+                   seconds_per_step(llm, "bf16", args.batch, args.n, args.steps, args.warmup))
+            print(f"  (compilation included, that setting took {time.perf_counter() - t0:.0f} s in all)")
+        except Exception as exc:  # noqa: BLE001 - report, do not hide: compile support varies by platform
+            print(f"torch.compile failed: {type(exc).__name__}: {str(exc)[:200]}")
+    print(f"ratio: {rows['fp32, 2 threads'] / min(rows.values()):.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Texts reconstructed per hour: the paper's reference recipe vs nar's fitting engine, same texts, same run.
+
+(a) reference: Paper A's recipe as written, one text at a time: layout [e, m x (N-1)], fp32, AdamW lr 1e-2,
+    betas (0.9, 0.9), wd 0.01, init randn x embedding std, stop at the target accuracy or the step cap.
+(b) nar: the engine's defaults (fixed BOS prefix, bf16 autocast, continuous batching in 8 slots, texts fed
+    shortest first, ...). Further variants isolate single ideas (see VARIANTS) so each can be measured alone.
+
+For every (length group, variant): texts, converged (argmax reproduces every token, with the fit's own
+precision), converged texts per hour of wall time, median steps and median seconds per converged text,
+mean final accuracy, seconds per optimiser step.
+
+    python bench/fit_throughput.py --quick            # 8 texts of ~16 tokens, ref vs nar, 200-step cap (<10 min)
+    python bench/fit_throughput.py                    # 16 texts of ~16 and of ~32 tokens, ref, ref-bos, nar
+    python bench/fit_throughput.py --groups 16 --variants nar,lr3e-2,init-tokens   # single ideas
+
+The last line is `ratio: X`: nar's converged texts per hour over the reference's, summed over the groups run.
+When the reference converges no text, X is a lower bound computed as if one had converged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from nar.config import FitConfig  # noqa: E402
+from nar.fit import fit_texts  # noqa: E402
+from nar.llm import load_llm  # noqa: E402
+
+REFERENCE = dict(prefix="none", precision="fp32", num_slots=1, init="embed_std", sort_by_length=False)
+VARIANTS = {  # key: (description, FitConfig options on top of the defaults)
+    "ref": ("reference: paper recipe, 1 text at a time, fp32", REFERENCE),
+    "ref-bos": ("reference + BOS prefix (1 at a time, fp32)", {**REFERENCE, "prefix": "bos"}),
+    "nar": ("nar defaults", {}),
+    "nar-fp32": ("nar defaults but fp32", dict(precision="fp32")),
+    "nar-unsorted": ("nar, slots filled in input order", dict(sort_by_length=False)),
+    "slots4": ("nar, 4 slots", dict(num_slots=4)),
+    "slots16": ("nar, 16 slots", dict(num_slots=16)),
+    "lr2e-2": ("nar, lr 2e-2", dict(lr=2e-2)),
+    "lr3e-2": ("nar, lr 3e-2", dict(lr=3e-2)),
+    "lr3e-2-cos": ("nar, lr 3e-2 cosine, 10 warm-up", dict(lr=3e-2, lr_schedule="cosine", warmup_steps=10)),
+    "lr5e-2-cos": ("nar, lr 5e-2 cosine, 10 warm-up", dict(lr=5e-2, lr_schedule="cosine", warmup_steps=10)),
+    "init-tokens": ("nar, init at mean token embedding", dict(init="tokens")),
+    "beta2-0.99": ("nar, AdamW beta2 0.99", dict(beta2=0.99)),
+}
+GROUPS = {"16": (15, 17), "32": (28, 32), "mixed": (8, 32)}
+
+
+def pick_texts(llm, group: str, k: int) -> list[str]:
+    lo, hi = GROUPS[group]
+    rows = [json.loads(x)["text"] for x in (ROOT / "data" / "texts.jsonl").read_text().splitlines() if x.strip()]
+    out = [t for t in rows if lo <= len(llm.encode(t)) <= hi]
+    if len(out) < k:
+        raise SystemExit(f"only {len(out)} texts with {lo}-{hi} tokens, asked for {k}")
+    if group == "mixed":  # a seeded sample over the whole range, in a shuffled order
+        out = random.Random(0).sample(out, k)
+    return out[:k]
+
+
+def run(llm, texts: list[str], key: str, max_steps: int) -> dict:
+    desc, kw = VARIANTS[key]
+    cfg = FitConfig(max_steps=max_steps, **kw)
+    n_steps = [0]
+    t0 = time.perf_counter()
+    rs = fit_texts(llm, texts, cfg, on_step=lambda s: n_steps.__setitem__(0, n_steps[0] + 1))
+    wall = time.perf_counter() - t0
+    conv = [r for r in rs if r.converged]
+    return {
+        "variant": key, "description": desc, "texts": len(rs),
+        "n_tokens_median": statistics.median(r.n_tokens for r in rs), "converged": len(conv),
+        "converged_per_hour": round(3600 * len(conv) / wall, 1),
+        "median_steps": statistics.median(r.steps for r in conv) if conv else None,
+        "median_seconds": round(statistics.median(r.seconds for r in conv), 1) if conv else None,
+        "mean_acc": round(sum(r.accuracy for r in rs) / len(rs), 4),
+        "s_per_step": round(wall / max(n_steps[0], 1), 3), "wall_s": round(wall, 1),
+        "steps_each": [r.steps for r in rs], "acc_each": [round(r.accuracy, 3) for r in rs],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="8 texts of ~16 tokens, ref vs nar, 200-step cap")
+    ap.add_argument("--groups", default="16,32", help="comma-separated of: " + ", ".join(GROUPS))
+    ap.add_argument("--variants", default="ref,ref-bos,nar", help="comma-separated of: " + ", ".join(VARIANTS))
+    ap.add_argument("--texts", type=int, default=16, help="texts per group")
+    ap.add_argument("--max-steps", type=int, default=400, help="step cap per text (all variants)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
+    args = ap.parse_args()
+    if args.quick:
+        args.groups, args.variants, args.texts, args.max_steps = "16", "ref,nar", 8, 200
+    torch.set_num_threads(args.threads)
+    llm = load_llm(device="cpu")
+    rows = []
+    for group in args.groups.split(","):
+        texts = pick_texts(llm, group, args.texts)
+        for key in args.variants.split(","):
+            row = {"group": group, "max_steps": args.max_steps, **run(llm, texts, key, args.max_steps)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=2))
+    print(f"\n{'N':5} {'variant':48} {'conv':>6} {'conv/h':>7} {'med steps':>9} {'med s':>7} {'mean acc':>8} "
+          f"{'s/step':>7}")
+    for r in rows:
+        print(f"{r['group']:5} {r['description']:48} {r['converged']:>3}/{r['texts']:<2} "
+              f"{r['converged_per_hour']:>7.1f} {str(r['median_steps']):>9} {str(r['median_seconds']):>7} "
+              f"{r['mean_acc']:>8.3f} {r['s_per_step']:>7.3f}")
+    ref = [r for r in rows if r["variant"] == "ref"]
+    ours = [r for r in rows if r["variant"] == "nar"]
+    if not ref or not ours:
+        print("ratio: n/a (run both 'ref' and 'nar' for the headline ratio)")
+        return
+    ours_rate = sum(r["converged"] for r in ours) * 3600 / sum(r["wall_s"] for r in ours)
+    ref_conv, ref_wall = sum(r["converged"] for r in ref), sum(r["wall_s"] for r in ref)
+    if ref_conv == 0:
+        print(f"reference converged 0 texts in {ref_wall:.0f} s; the ratio below assumes 1 (a lower bound)")
+    ref_rate = max(ref_conv, 1) * 3600 / ref_wall
+    print(f"nar {ours_rate:.1f} converged texts/hour, reference {ref_rate if ref_conv else 0:.1f}")
+    print(f"ratio: {ours_rate / ref_rate:.2f}")
+
+
+if __name__ == "__main__":
+    main()

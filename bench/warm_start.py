@@ -1,0 +1,94 @@
+"""Amortised fitting: do new texts converge faster when they start at their nearest corpus neighbour?
+
+Copies an existing corpus twice and appends the same new texts to each copy with `nar build-corpus`'s
+code path, once with the corpus's own init (`--warm-start none`) and once starting e and m at the
+proto-tokens of the nearest written row in teacher space (`--warm-start neighbour`). Every other
+setting is the base corpus's (read from its manifest). Prints converged, median steps, mean accuracy
+and converged texts per hour for both.
+
+    python bench/warm_start.py --base runs/c64-default              # texts 65-96 of data/texts.jsonl
+    python bench/warm_start.py --base runs/c64-default --quick      # 8 new texts, 150-step cap
+
+The base corpus is built first if it does not exist (`--base-texts` rows of data/texts.jsonl).
+The last line is `ratio: X`: converged texts per hour with the neighbour warm start over without.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from nar import corpus  # noqa: E402
+from nar.build import build_corpus  # noqa: E402
+from nar.config import BuildConfig, FitConfig  # noqa: E402
+from nar.llm import load_llm  # noqa: E402
+from nar.teacher import load_teacher  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", type=Path, default=ROOT / "runs" / "c64-default")
+    ap.add_argument("--base-texts", type=int, default=64, help="rows of data/texts.jsonl in a new base corpus")
+    ap.add_argument("--new-offset", type=int, default=64, help="first row of data/texts.jsonl to append")
+    ap.add_argument("--new", type=int, default=32, help="how many rows to append")
+    ap.add_argument("--max-steps", type=int, default=None, help="step cap (default: the base corpus's)")
+    ap.add_argument("--quick", action="store_true", help="8 new texts, 150-step cap")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    if args.quick:
+        args.new, args.max_steps = 8, 150
+    torch.set_num_threads(args.threads)
+    llm, teacher = load_llm(device="cpu"), load_teacher()
+    texts = ROOT / "data" / "texts.jsonl"
+    if not (args.base / "manifest.json").is_file():
+        print(f"building the base corpus {args.base} ({args.base_texts} texts)", flush=True)
+        build_corpus(BuildConfig(input=str(texts), out=str(args.base), limit=args.base_texts),
+                     FitConfig(max_tokens=32), llm=llm, teacher=teacher, show_progress=False)
+    man = corpus.read_manifest(args.base)
+    fdict = man["fit_config"]
+    if args.max_steps:
+        fdict = {**fdict, "max_steps": args.max_steps}
+    fcfg = FitConfig.from_dict(fdict)
+    rows = [json.loads(x) for x in texts.read_text().splitlines() if x.strip()]
+    new = rows[args.new_offset:args.new_offset + args.new]
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "new.jsonl"
+        src.write_text("".join(json.dumps(r) + "\n" for r in new))
+        for mode in ("none", "neighbour"):
+            out = Path(tmp) / mode
+            shutil.copytree(args.base, out, ignore=shutil.ignore_patterns("tb", "index"))
+            bdict = {**man["build_config"], "input": str(src), "out": str(out), "limit": None, "log_dir": None,
+                     "warm_start": mode}
+            run = build_corpus(BuildConfig(**bdict), fcfg, llm=llm, teacher=teacher, show_progress=False)
+            results[mode] = run
+            print(json.dumps({"warm_start": mode, **{k: run[k] for k in (
+                "fitted", "converged", "median_steps", "mean_accuracy", "fit_seconds", "texts_per_hour")}}),
+                flush=True)
+            t = corpus.read_table(out, ["steps", "converged"]).to_pylist()
+            new_ids = {r["id"] for r in new}
+            conv_steps = [r["steps"] for r in t if r["id"] in new_ids and r["converged"]]
+            run["median_steps_converged"] = statistics.median(conv_steps) if conv_steps else None
+    print(f"\nbase corpus {args.base} ({man['counts']['rows']} rows); {len(new)} new texts; "
+          f"cap {fcfg.max_steps} steps")
+    print(f"{'warm start':10} {'conv':>6} {'median steps':>12} {'mean acc':>8} {'fit s':>7} {'conv/h':>7}")
+    rate = {}
+    for mode, r in results.items():
+        rate[mode] = 3600 * r["converged"] / r["fit_seconds"]
+        print(f"{mode:10} {r['converged']:>3}/{r['fitted']:<2} {str(r['median_steps']):>12} "
+              f"{r['mean_accuracy']:>8.3f} {r['fit_seconds']:>7.1f} {rate[mode]:>7.1f}")
+    print(f"ratio: {rate['neighbour'] / rate['none']:.2f}" if rate["none"] else "ratio: n/a (none converged)")
+
+
+if __name__ == "__main__":
+    main()
