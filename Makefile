@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.nar-installed
 
-.PHONY: setup demo test bench-decode lint clean
+.PHONY: setup demo test bench lint clean
 
 setup: $(STAMP)
 
@@ -34,8 +34,11 @@ demo: setup
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
-bench-decode: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python bench/generate_speed.py
+bench: setup  ## every benchmark in its --quick mode (each < 10 min on 2 cores)
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/fit_throughput.py --quick
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/fit_step.py --quick
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/generate_speed.py --quick
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/index_speed.py --quick
 
 lint: setup
 	$(BIN)/ruff check nar cli tests bench

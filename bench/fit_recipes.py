@@ -31,11 +31,12 @@ from nar.decode import decode_ids, token_accuracy  # noqa: E402
 from nar.fit import fit_texts, make_layout  # noqa: E402
 from nar.llm import load_llm  # noqa: E402
 
-VARIANTS = {  # key: (name in the table, FitConfig options)
-    "paper-fp32": ("paper (no prefix), fp32", dict(prefix="none", precision="fp32")),
-    "paper-bf16": ("paper (no prefix), bf16", dict(prefix="none", precision="bf16")),
-    "bos-fp32": ("bos prefix, fp32", dict(prefix="bos", precision="fp32")),
-    "bos-bf16": ("bos prefix, bf16", dict(prefix="bos", precision="bf16")),
+PAPER = dict(lr=1e-2, lr_schedule="constant", warmup_steps=0, init="embed_std", sort_by_length=False)
+VARIANTS = {  # key: (name in the table, FitConfig options); Paper A's optimiser and init throughout
+    "paper-fp32": ("paper (no prefix), fp32", dict(PAPER, prefix="none", precision="fp32")),
+    "paper-bf16": ("paper (no prefix), bf16", dict(PAPER, prefix="none", precision="bf16")),
+    "bos-fp32": ("bos prefix, fp32", dict(PAPER, prefix="bos", precision="fp32")),
+    "bos-bf16": ("bos prefix, bf16", dict(PAPER, prefix="bos", precision="bf16")),
 }
 
 

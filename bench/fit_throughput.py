@@ -36,7 +36,9 @@ from nar.config import FitConfig  # noqa: E402
 from nar.fit import fit_texts  # noqa: E402
 from nar.llm import load_llm  # noqa: E402
 
-REFERENCE = dict(prefix="none", precision="fp32", num_slots=1, init="embed_std", sort_by_length=False)
+PAPER = dict(lr=1e-2, lr_schedule="constant", warmup_steps=0, init="embed_std")  # Paper A's optimiser and init
+REFERENCE = dict(PAPER, prefix="none", precision="fp32", num_slots=1, sort_by_length=False)
+OLD = PAPER  # nar's engine before the schedule/init defaults (the rows measured first in docs/BENCHMARKS.md)
 VARIANTS = {  # key: (description, FitConfig options on top of the defaults)
     "ref": ("reference: paper recipe, 1 text at a time, fp32", REFERENCE),
     "ref-bos": ("reference + BOS prefix (1 at a time, fp32)", {**REFERENCE, "prefix": "bos"}),
@@ -45,12 +47,16 @@ VARIANTS = {  # key: (description, FitConfig options on top of the defaults)
     "nar-unsorted": ("nar, slots filled in input order", dict(sort_by_length=False)),
     "slots4": ("nar, 4 slots", dict(num_slots=4)),
     "slots16": ("nar, 16 slots", dict(num_slots=16)),
-    "lr2e-2": ("nar, lr 2e-2", dict(lr=2e-2)),
-    "lr3e-2": ("nar, lr 3e-2", dict(lr=3e-2)),
-    "lr3e-2-cos": ("nar, lr 3e-2 cosine, 10 warm-up", dict(lr=3e-2, lr_schedule="cosine", warmup_steps=10)),
-    "lr5e-2-cos": ("nar, lr 5e-2 cosine, 10 warm-up", dict(lr=5e-2, lr_schedule="cosine", warmup_steps=10)),
-    "init-tokens": ("nar, init at mean token embedding", dict(init="tokens")),
-    "beta2-0.99": ("nar, AdamW beta2 0.99", dict(beta2=0.99)),
+    # single ideas on top of the engine with Paper A's optimiser and init ("old"):
+    "old": ("nar engine, Paper A lr 1e-2 const + randn init", OLD),
+    "lr5e-3": ("old + lr 5e-3", dict(OLD, lr=5e-3)),
+    "lr2e-2": ("old + lr 2e-2", dict(OLD, lr=2e-2)),
+    "lr3e-2": ("old + lr 3e-2", dict(OLD, lr=3e-2)),
+    "lr1e-2-cos": ("old + cosine, no warm-up", dict(OLD, lr_schedule="cosine")),
+    "lr3e-2-cos": ("old + lr 3e-2 cosine, 10 warm-up", dict(OLD, lr=3e-2, lr_schedule="cosine", warmup_steps=10)),
+    "lr5e-2-cos": ("old + lr 5e-2 cosine, 10 warm-up", dict(OLD, lr=5e-2, lr_schedule="cosine", warmup_steps=10)),
+    "init-tokens": ("old + init at mean token embedding", dict(OLD, init="tokens")),
+    "beta2-0.99": ("old + AdamW beta2 0.99", dict(OLD, beta2=0.99)),
 }
 GROUPS = {"16": (15, 17), "32": (28, 32), "mixed": (8, 32)}
 

@@ -50,11 +50,15 @@ def reconstruct(
     max_steps: int = typer.Option(500, help="Optimiser steps per text before giving up (best kept)."),
     target_acc: float = typer.Option(1.0, help="Stop a text early at this token accuracy."),
     max_tokens: int = typer.Option(64, help="Refuse texts longer than this many tokens."),
-    lr: float = typer.Option(1e-2, help="AdamW learning rate."),
+    lr: float = typer.Option(3e-2, help="AdamW (peak) learning rate; Paper A: 1e-2 constant."),
+    lr_schedule: str = typer.Option("cosine", help="'cosine' (warm-up, then decay to lr/10 at --max-steps) or "
+                                                   "'constant' (Paper A)."),
+    warmup_steps: int = typer.Option(10, help="Warm-up steps of the cosine schedule."),
     precision: str = typer.Option("bf16", help="'bf16' autocast (faster on CPUs with bf16) or 'fp32'."),
     prefix: str = typer.Option("bos", help="Fixed tokens before e: 'bos', 'none' or literal text."),
     first: str = typer.Option("e", help="Which output predicts the first token: 'e' or 'm'."),
-    init: str = typer.Option("embed_std", help="'embed_std' (randn x embedding std) or 'randn'."),
+    init: str = typer.Option("tokens", help="'tokens' (mean of the text's token embeddings + noise), "
+                                            "'embed_std' (randn x embedding std, Paper A) or 'randn'."),
     share_m: bool = typer.Option(False, "--share-m", help="One m shared by all texts (fitted as a group)."),
     slots: int = typer.Option(8, help="Texts fitted at once in one padded batch."),
     append_eos: bool = typer.Option(False, "--append-eos", help="Fit an EOS after each text."),
@@ -71,7 +75,8 @@ def reconstruct(
     texts = read_texts(text, file)
     from nar.config import FitConfig
 
-    cfg = FitConfig(max_steps=max_steps, target_acc=target_acc, lr=lr, init=init, prefix=prefix, first=first,
+    cfg = FitConfig(max_steps=max_steps, target_acc=target_acc, lr=lr, lr_schedule=lr_schedule,
+                    warmup_steps=warmup_steps, init=init, prefix=prefix, first=first,
                     share_m=share_m, precision=precision, num_slots=slots, max_tokens=max_tokens,
                     append_eos=append_eos, seed=seed)
     rows, protos = run(texts, cfg, model=model, device=device, show_progress=not as_json)
@@ -128,9 +133,10 @@ def build_corpus_cmd(
     max_steps: int = typer.Option(500, help="Optimiser steps per text before giving up (best kept)."),
     target_acc: float = typer.Option(1.0, help="Stop a text early at this token accuracy."),
     max_tokens: int = typer.Option(32, help="Longest target in tokens (see --on-long)."),
-    lr: float = typer.Option(1e-2, help="AdamW learning rate (peak of the schedule)."),
-    lr_schedule: str = typer.Option("constant", help="'constant' or 'cosine' (warm-up, then decay to lr/10)."),
-    warmup_steps: int = typer.Option(0, help="Warm-up steps of the cosine schedule."),
+    lr: float = typer.Option(3e-2, help="AdamW (peak) learning rate; Paper A: 1e-2 constant."),
+    lr_schedule: str = typer.Option("cosine", help="'cosine' (warm-up, then decay to lr/10 at --max-steps) or "
+                                                   "'constant' (Paper A)."),
+    warmup_steps: int = typer.Option(10, help="Warm-up steps of the cosine schedule."),
     precision: str = typer.Option("bf16", help="'bf16' autocast or 'fp32'."),
     prefix: str = typer.Option("bos", help="Fixed tokens before e: 'bos', 'none' or literal text."),
     init: str = typer.Option("teacher", help="'teacher' (e from a fixed projection of the teacher embedding: "
@@ -554,6 +560,7 @@ def analyze_semantics_cmd(
     max_steps: int = typer.Option(200, help="Steps per text."),
     slots: int = typer.Option(8, help="Texts fitted at once."),
     augment: Path | None = typer.Option(Path("data/augment.jsonl"), help="Original/lexical/semantic triples."),
+    augment_steps: int | None = typer.Option(None, help="Steps per augmentation text (default --max-steps)."),
     model: str = typer.Option("smollm2-135m-instruct", help=MODEL_HELP),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -565,13 +572,15 @@ def analyze_semantics_cmd(
 
     res = run_semantics(out, llm=load_llm(model), teacher=load_teacher(), pairs=pairs, max_steps=max_steps,
                         variants=variants.split(","), augment_file=augment, stsb=stsb or STSB_DEV,
-                        show_progress=not as_json, slots=slots)
+                        show_progress=not as_json, slots=slots, augment_steps=augment_steps)
     _report(res, as_json, f"STS-B Spearman with human scores ({pairs} pairs)",
             ["variant", "sts_e", "sts_m", "sts_em", "sts_teacher", "agree_e", "mean_acc"])
     if not as_json and res.get("augmentation"):
-        for space, d in res["augmentation"].items():
-            console.print(f"{space:8} cosine distance: lexical {d['lexical']:.3f}  semantic {d['semantic']:.3f}  "
-                          f"semantic farther in {100 * d['semantic_farther_frac']:.0f}% of triples")
+        for setting, spaces in res["augmentation"].items():
+            for space, d in spaces.items():
+                console.print(f"{setting:8} {space:8} cosine distance: lexical {d['lexical']:.3f}  semantic "
+                              f"{d['semantic']:.3f}  semantic farther in {100 * d['semantic_farther_frac']:.0f}% "
+                              "of triples")
 
 
 @analyze_app.command("capacity")

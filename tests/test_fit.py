@@ -171,3 +171,10 @@ def test_token_init_starts_at_mean_token_embedding(tiny_llm):
     assert not torch.allclose(e, m)
     r = fit_texts(tiny_llm, TEXTS[:1], FitConfig(**FAST, init="tokens"))[0]
     assert r.converged
+
+
+def test_configs_saved_before_the_schedule_existed_keep_their_constant_lr():
+    old = FitConfig.from_dict({"lr": 0.01, "init": "teacher", "unknown_future_field": 1})
+    assert old.lr_schedule == "constant" and old.warmup_steps == 0 and old.lr == 0.01
+    new = FitConfig()
+    assert FitConfig.from_dict(new.to_dict()) == new

@@ -134,8 +134,10 @@ def test_semantics_analysis(tiny_llm, teacher, tmp_path):
     for r in res["rows"]:
         assert {"sts_e", "sts_m", "sts_em", "sts_teacher", "agree_e", "mean_acc"} <= set(r)
         assert -1 <= r["sts_e"] <= 1
-    assert set(res["augmentation"]) == {"e", "m", "em", "teacher"}
-    assert (tmp_path / "out" / "semantics.png").is_file() and (tmp_path / "out" / "augmentation.png").is_file()
+    assert set(res["augmentation"]) == {"plain", "default"}
+    assert all(set(a) == {"e", "m", "em", "teacher"} for a in res["augmentation"].values())
+    assert (tmp_path / "out" / "semantics.png").is_file()
+    assert all((tmp_path / "out" / f"augmentation-{k}.png").is_file() for k in ("plain", "default"))
 
 
 def test_capacity_and_connectivity(tiny_llm, tmp_path):

@@ -139,8 +139,13 @@ def sts_experiment(out_dir: str | Path, *, llm, teacher, pairs: int = 100, max_s
     return results
 
 
+AUGMENT_SETTINGS = {"plain": ("embed_std", 0.0), "default": ("teacher", 1.0)}
+"""Augmentation fits: Paper B's plain fitting (random init, no RD) and build-corpus's default (init, RD)."""
+
+
 def augmentation(llm, teacher, triples: list[dict], out_dir: str | Path, *, max_steps: int = 300,
-                 precision: str = "bf16", init: str = "teacher", rd_weight: float = 1.0) -> dict:
+                 precision: str = "bf16", init: str = "teacher", rd_weight: float = 1.0,
+                 name: str = "augmentation") -> dict:
     """Original vs lexical vs semantic change: cosine distances in e, m, [e; m] and teacher space, and a
     PCA plot of e. Fitted as one corpus (build-corpus with the given init and RD weight)."""
     import json
@@ -191,16 +196,17 @@ def augmentation(llm, teacher, triples: list[dict], out_dir: str | Path, *, max_
                 ax.scatter(p[0], p[1], color=f"C{j % 10}", marker=mk, s=40)
         ax.set_title(f"PCA of {name} (o original, s lexical, x semantic; colour = triple)")
     fig.tight_layout()
-    fig.savefig(out / "augmentation.png", dpi=120)
+    fig.savefig(out / f"{name}.png", dpi=120)
     plt.close(fig)
-    return {"summary": summary, "rows": rows, "corpus": str(cdir), "png": str(out / "augmentation.png")}
+    return {"summary": summary, "rows": rows, "corpus": str(cdir), "png": str(out / f"{name}.png")}
 
 
 def run_semantics(out_dir: str | Path, *, llm, teacher, pairs: int = 100, max_steps: int = 200,
                   variants=("none", "teacher_bank"), augment_file: str | Path | None = None,
                   stsb: str | Path = STSB_DEV, precision: str = "bf16", show_progress: bool = True,
-                  slots: int = 8) -> dict:
-    """The `nar analyze semantics` job: STS-B Spearman per variant + the augmentation experiment."""
+                  slots: int = 8, augment_steps: int | None = None) -> dict:
+    """The `nar analyze semantics` job: STS-B Spearman per variant + the augmentation experiment, the latter
+    for plain fitting and for the build-corpus default (AUGMENT_SETTINGS), augment_steps (or max_steps) each."""
     import json
 
     from nar.analysis.report import figure, write_report
@@ -224,7 +230,10 @@ def run_semantics(out_dir: str | Path, *, llm, teacher, pairs: int = 100, max_st
     aug = None
     if augment_file is not None:
         triples = [json.loads(x) for x in Path(augment_file).read_text().splitlines() if x.strip()]
-        aug = augmentation(llm, teacher, triples, out, max_steps=max_steps, precision=precision)
-    summary = {"pairs": pairs, "max_steps": max_steps, "augmentation": aug and aug["summary"]}
+        aug = {key: augmentation(llm, teacher, triples, out, max_steps=augment_steps or max_steps, precision=precision,
+                                 init=init, rd_weight=rd, name=f"augmentation-{key}")
+               for key, (init, rd) in AUGMENT_SETTINGS.items()}
+    summary = {"pairs": pairs, "max_steps": max_steps, "augment_steps": augment_steps or max_steps,
+               "augmentation": aug and {key: a["summary"] for key, a in aug.items()}}
     files = write_report(out, "semantics", summary, sts)
     return {**summary, "rows": sts, "files": {**files, "png": str(out / "semantics.png")}}
