@@ -144,8 +144,8 @@ def build_corpus_cmd(
     warm_start: str = typer.Option("none", help="'neighbour': start e and m at the nearest written row's "
                                                 "proto-tokens (teacher space); 'none'."),
     slots: int = typer.Option(8, help="Texts fitted at once (continuous batching)."),
-    sort_length: bool = typer.Option(True, "--sort-length/--no-sort-length",
-                                     help="Fill slots shortest text first (less padding per step)."),
+    sort_length: bool = typer.Option(False, "--sort-length/--no-sort-length",
+                                     help="Fill slots longest text first (less padding per step)."),
     append_eos: bool = typer.Option(False, "--append-eos", help="Fit an EOS after each target."),
     seed: int = typer.Option(0, help="Seed of the random initial vectors."),
     shard_size: int = typer.Option(1024, help="Rows per shard after compaction."),

@@ -50,9 +50,10 @@ class FitConfig:
     """'bf16': bfloat16 autocast for the LLM's matmuls (proto-tokens stay fp32); 'fp32': none."""
     num_slots: int = 8
     """Texts fitted at once as one padded batch; a finished slot is refilled with the next text."""
-    sort_by_length: bool = True
-    """Feed texts to the slots shortest first, so co-resident texts have similar lengths and a step
-    does not pay for padding up to the longest text of a mixed batch (results do not depend on order)."""
+    sort_by_length: bool = False
+    """Feed texts to the slots longest first, so co-resident texts have similar lengths (less padding per
+    step) and the slowest texts start early. Off by default: shortest-first saved 7% per step but lost 20%
+    wall time on 16 mixed texts (the run's tail); results do not depend on the order."""
     max_tokens: int = 64
     """Longest target, in tokens, that is accepted."""
     append_eos: bool = False

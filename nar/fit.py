@@ -150,8 +150,8 @@ def fit_stream(llm: FrozenLLM, items: Iterable[FitItem], cfg: FitConfig, *,
     opt = torch.optim.AdamW([{"params": [e_params[i], m_params[i]]} for i in range(n_slots)],
                             lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     slots: list[_Slot | None] = [None] * n_slots
-    if cfg.sort_by_length:  # stable: equal lengths keep their input order
-        items = sorted(items, key=lambda it: len(it.ids))
+    if cfg.sort_by_length:  # longest first; stable: equal lengths keep their input order
+        items = sorted(items, key=lambda it: -len(it.ids))
     pending = iter(items)
 
     def fill(i: int) -> bool:

@@ -141,21 +141,15 @@ def test_lr_schedule():
         FitConfig(lr_schedule="linear")
 
 
-def test_slots_are_filled_shortest_first_and_results_keep_input_order(tiny_llm):
-    texts = ["birds sing in the morning over the quiet town", "cold water", "the cat sat on the mat"]
-    seen = []
+def test_slots_filled_longest_first_on_request_and_results_keep_input_order(tiny_llm):
+    texts = ["cold water", "birds sing in the morning over the quiet town", "the cat sat on the mat"]
 
-    def record(s):
-        seen.append(s.active)
-    cfg = FitConfig(**FAST, num_slots=1)
-    order = [r.n_tokens for r in fit_stream(tiny_llm, [FitItem(str(i), tiny_llm.encode(t))
-                                                       for i, t in enumerate(texts)], cfg)]
-    assert order == sorted(order)
-    unsorted = [r.n_tokens for r in fit_stream(tiny_llm, [FitItem(str(i), tiny_llm.encode(t))
-                                                          for i, t in enumerate(texts)],
-                                               FitConfig(**FAST, num_slots=1, sort_by_length=False))]
-    assert unsorted == [len(tiny_llm.encode(t)) for t in texts]
-    rs = fit_texts(tiny_llm, texts, FitConfig(**FAST, num_slots=2), on_step=record)
+    def order(**kw):
+        items = [FitItem(str(i), tiny_llm.encode(t)) for i, t in enumerate(texts)]
+        return [r.n_tokens for r in fit_stream(tiny_llm, items, FitConfig(**FAST, num_slots=1, **kw))]
+    assert order(sort_by_length=True) == sorted(order(sort_by_length=True), reverse=True)
+    assert order() == [len(tiny_llm.encode(t)) for t in texts]
+    rs = fit_texts(tiny_llm, texts, FitConfig(**FAST, num_slots=2, sort_by_length=True))
     assert [r.payload["text"] for r in rs] == texts and all(r.converged for r in rs)
 
 
