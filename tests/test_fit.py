@@ -129,7 +129,7 @@ def test_nan_in_one_text_fails_only_that_text(tiny_llm, monkeypatch):
 def test_lr_schedule():
     from nar.fit import lr_at
 
-    const = FitConfig(lr=0.03)
+    const = FitConfig(lr=0.03, lr_schedule="constant")
     assert lr_at(const, 0) == lr_at(const, 499) == 0.03
     cos = FitConfig(lr=0.03, lr_schedule="cosine", warmup_steps=10, max_steps=110)
     warm = [lr_at(cos, s) for s in range(10)]
