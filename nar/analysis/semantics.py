@@ -145,7 +145,7 @@ AUGMENT_SETTINGS = {"plain": ("embed_std", 0.0), "default": ("teacher", 1.0)}
 
 def augmentation(llm, teacher, triples: list[dict], out_dir: str | Path, *, max_steps: int = 300,
                  precision: str = "bf16", init: str = "teacher", rd_weight: float = 1.0,
-                 name: str = "augmentation") -> dict:
+                 png_name: str = "augmentation") -> dict:
     """Original vs lexical vs semantic change: cosine distances in e, m, [e; m] and teacher space, and a
     PCA plot of e. Fitted as one corpus (build-corpus with the given init and RD weight)."""
     import json
@@ -185,8 +185,8 @@ def augmentation(llm, teacher, triples: list[dict], out_dir: str | Path, *, max_
     # PCA of e (and m) coloured by triple, marker by kind
     plt = figure()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for ax, name in zip(axes, ("e", "m")):
-        x = F.normalize(spaces[name].float(), dim=-1).numpy()
+    for ax, space in zip(axes, ("e", "m")):
+        x = F.normalize(spaces[space].float(), dim=-1).numpy()
         x = x - x.mean(0)
         u, s, vt = np.linalg.svd(x, full_matrices=False)
         xy = x @ vt[:2].T
@@ -194,11 +194,11 @@ def augmentation(llm, teacher, triples: list[dict], out_dir: str | Path, *, max_
             for k, mk in zip(kinds, ("o", "s", "x")):
                 p = xy[pos[f"{t['id']}/{k}"]]
                 ax.scatter(p[0], p[1], color=f"C{j % 10}", marker=mk, s=40)
-        ax.set_title(f"PCA of {name} (o original, s lexical, x semantic; colour = triple)")
+        ax.set_title(f"PCA of {space} (o original, s lexical, x semantic; colour = triple)")
     fig.tight_layout()
-    fig.savefig(out / f"{name}.png", dpi=120)
+    fig.savefig(out / f"{png_name}.png", dpi=120)
     plt.close(fig)
-    return {"summary": summary, "rows": rows, "corpus": str(cdir), "png": str(out / f"{name}.png")}
+    return {"summary": summary, "rows": rows, "corpus": str(cdir), "png": str(out / f"{png_name}.png")}
 
 
 def run_semantics(out_dir: str | Path, *, llm, teacher, pairs: int = 100, max_steps: int = 200,
@@ -231,7 +231,7 @@ def run_semantics(out_dir: str | Path, *, llm, teacher, pairs: int = 100, max_st
     if augment_file is not None:
         triples = [json.loads(x) for x in Path(augment_file).read_text().splitlines() if x.strip()]
         aug = {key: augmentation(llm, teacher, triples, out, max_steps=augment_steps or max_steps, precision=precision,
-                                 init=init, rd_weight=rd, name=f"augmentation-{key}")
+                                 init=init, rd_weight=rd, png_name=f"augmentation-{key}")
                for key, (init, rd) in AUGMENT_SETTINGS.items()}
     summary = {"pairs": pairs, "max_steps": max_steps, "augment_steps": augment_steps or max_steps,
                "augmentation": aug and {key: a["summary"] for key, a in aug.items()}}
