@@ -79,18 +79,16 @@ def _seed_bank(out: Path, bank: MemoryBank, rd_target: str) -> None:
 def neighbour_init(out: Path, T: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Warm start: for each teacher vector in T (B, d), the (e, m) of the nearest written row in teacher
     space (cosine), as two (B, D) tensors; None when the corpus has no usable row yet."""
-    import faiss
+    from nar.index import corpus_vectors, make_faiss_index
 
-    table = read_table(out, ["e", "m", "teacher", "failed"])
-    keep = [i for i, f in enumerate(table.column("failed").to_pylist()) if not f]
-    if not keep or len(T) == 0:
+    if len(T) == 0 or read_table(out, ["id"]).num_rows == 0:
         return None
-    cols = {c: torch.tensor(table.column(c).to_pylist(), dtype=torch.float32)[keep] for c in ("e", "m", "teacher")}
-    index = faiss.IndexFlatIP(cols["teacher"].shape[1])
-    index.add(F.normalize(cols["teacher"], dim=1).numpy())
-    _, nn = index.search(F.normalize(T.float(), dim=1).numpy(), 1)
+    _, x, cols = corpus_vectors(out, "teacher")  # non-failed rows, L2-normalised teacher vectors
+    if len(x) == 0:
+        return None
+    _, nn = make_faiss_index(x, "flat").search(F.normalize(T.float(), dim=1).numpy(), 1)
     nn = torch.from_numpy(nn[:, 0])
-    return cols["e"][nn], cols["m"][nn]
+    return torch.from_numpy(cols["e"])[nn], torch.from_numpy(cols["m"])[nn]
 
 
 def build_corpus(bcfg: BuildConfig, fcfg: FitConfig, *, llm: FrozenLLM | None = None,
