@@ -142,7 +142,10 @@ def build_corpus_cmd(
     init: str = typer.Option("teacher", help="'teacher' (e from a fixed projection of the teacher embedding: "
                                              "one frame for the corpus), 'tokens', 'embed_std' or 'randn'."),
     warm_start: str = typer.Option("none", help="'neighbour': start e and m at the nearest written row's "
-                                                "proto-tokens (teacher space); 'none'."),
+                                                "proto-tokens (teacher space); 'encoder': at an encoder's prediction "
+                                                "(--warm-start-encoder); 'none'."),
+    warm_start_encoder: Path | None = typer.Option(None, help="Encoder run folder or checkpoint for --warm-start "
+                                                              "encoder (trained for this LLM and layout)."),
     slots: int = typer.Option(8, help="Texts fitted at once (continuous batching)."),
     sort_length: bool = typer.Option(False, "--sort-length/--no-sort-length",
                                      help="Fill slots longest text first (less padding per step)."),
@@ -169,6 +172,7 @@ def build_corpus_cmd(
                        target_column=target_column, id_column=id_column, split=split, limit=limit, on_long=on_long,
                        model=model, teacher=teacher, rd_weight=rd_weight, rd_target=rd_target, rd_bank=rd_bank,
                        anchor_weight=anchor_weight, warm_start=warm_start, shard_size=shard_size,
+                       warm_start_encoder=str(warm_start_encoder) if warm_start_encoder else None,
                        log_dir=str(log_dir) if log_dir else None, device=device, rank=rank, world_size=world)
     fcfg = FitConfig(max_steps=max_steps, target_acc=target_acc, lr=lr, lr_schedule=lr_schedule,
                      warmup_steps=warmup_steps, init=init, prefix=prefix, precision=precision, num_slots=slots,

@@ -91,6 +91,25 @@ def neighbour_init(out: Path, T: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return torch.from_numpy(cols["e"])[nn], torch.from_numpy(cols["m"])[nn]
 
 
+def encoder_init(path: str | Path, llm: FrozenLLM, fcfg: FitConfig, sources: list[str],
+                 batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Warm start: the (e, m) an encoder checkpoint predicts for each source, as two (B, D) tensors.
+    The encoder must have been trained for this LLM and for the layout this fit uses."""
+    from nar.encoder import Encoder
+
+    enc = Encoder.from_pretrained(path, device=llm.device)
+    enc.check_llm(llm)
+    layout = make_layout(llm, fcfg)
+    if enc.layout != layout:
+        raise NarError(f"encoder {path} predicts for layout {enc.layout.to_dict()}, this fit uses {layout.to_dict()}")
+    es, ms = [], []
+    for lo in range(0, len(sources), batch_size):
+        e, m, _ = enc.predict(sources[lo:lo + batch_size])
+        es.append(e)
+        ms.append(m)
+    return torch.cat(es), torch.cat(ms)
+
+
 def build_corpus(bcfg: BuildConfig, fcfg: FitConfig, *, llm: FrozenLLM | None = None,
                  teacher: Teacher | None = None, show_progress: bool = True,
                  barrier: Callable[[], None] = lambda: None) -> dict:
@@ -148,6 +167,10 @@ def build_corpus(bcfg: BuildConfig, fcfg: FitConfig, *, llm: FrozenLLM | None = 
         else:
             for it, e0, m0 in zip(items, *warm):
                 it.init_e, it.init_m = e0, m0
+    elif bcfg.warm_start == "encoder" and items:
+        warm = encoder_init(bcfg.warm_start_encoder, llm, fcfg, [r.source or t for (r, _, t) in todo])
+        for it, e0, m0 in zip(items, *warm):
+            it.init_e, it.init_m = e0, m0
     writer = ShardWriter(out, llm.hidden_size, teacher.dim, rank=bcfg.rank)
     log_dir = Path(bcfg.log_dir or out / "tb")
     if bcfg.world_size > 1:

@@ -131,7 +131,12 @@ class BuildConfig:
     """Seed of the fixed teacher<->proto-token projection (teacher init and anchor loss)."""
     warm_start: str = "none"
     """'neighbour': start each new text's e and m at the proto-tokens of its nearest corpus row in
-    teacher space (amortised fitting: needs rows already in the corpus); 'none': the init of FitConfig."""
+    teacher space (amortised fitting: needs rows already in the corpus); 'encoder': start them at an
+    encoder's prediction from the row's source (its target for text corpora; see warm_start_encoder);
+    'none': the init of FitConfig."""
+    warm_start_encoder: str | None = None
+    """Encoder checkpoint (a `nar train-encoder` run folder or checkpoint) for warm_start='encoder'; it must
+    have been trained for this LLM and layout."""
     shard_size: int = 1024
     """Rows per shard after the end-of-run compaction."""
     log_dir: str | None = None
@@ -148,7 +153,10 @@ class BuildConfig:
         _check(self.rd_weight >= 0 and self.anchor_weight >= 0, "loss weights must be >= 0")
         _check(self.rd_target in ("e", "m", "em"), "rd_target must be 'e', 'm' or 'em'")
         _check(self.rd_bank >= 0, "rd_bank must be >= 0")
-        _check(self.warm_start in ("none", "neighbour"), "warm_start must be 'none' or 'neighbour'")
+        _check(self.warm_start in ("none", "neighbour", "encoder"),
+               "warm_start must be 'none', 'neighbour' or 'encoder'")
+        _check((self.warm_start == "encoder") == (self.warm_start_encoder is not None),
+               "--warm-start encoder needs --warm-start-encoder PATH (and that option needs --warm-start encoder)")
         _check(self.shard_size >= 1, "shard_size must be >= 1")
         _check(self.limit is None or self.limit >= 1, "limit must be >= 1")
         _check(0 <= self.rank < self.world_size, "rank must be in [0, world_size)")

@@ -108,3 +108,37 @@ def test_generate_cli_json(tiny_path, tiny_llm, pair_corpus, tmp_path):
     assert [o["source"] for o in objs] == ["say: the cat", "say: birds sing"]
     assert all({"source", "output", "seconds"} <= set(o) for o in objs)
     assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 2
+
+
+def test_warm_start_from_encoder(tiny_llm, teacher, pair_corpus, tmp_path, monkeypatch):
+    """build-corpus --warm-start encoder: every new text starts at the encoder's prediction for its source."""
+    import nar.build as build
+    from nar.build import encoder_init
+
+    cfg = TrainConfig(run_dir=str(tmp_path / "run"), steps=5, batch_size=4, val_every=1000, precision="fp32")
+    train_encoder(pair_corpus, cfg, ENC, llm=tiny_llm, show_progress=False)
+    rows = [{"id": f"n{i}", "source": f"repeat: {t}", "target": t} for i, t in enumerate(["a new text", "another"])]
+    src = tmp_path / "new.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    e_ref, m_ref, _ = Encoder.from_pretrained(tmp_path / "run").predict([r["source"] for r in rows])
+    seen = {}
+    real = build.fit_stream
+
+    def spy(llm, items, fcfg, **kw):
+        seen.update({it.key: (it.init_e.clone(), it.init_m.clone()) for it in items})
+        return real(llm, items, fcfg, **kw)
+
+    monkeypatch.setattr(build, "fit_stream", spy)
+    bcfg = BuildConfig(input=str(src), out=str(tmp_path / "c"), source_column="source", target_column="target",
+                       rd_weight=0.0, warm_start="encoder", warm_start_encoder=str(tmp_path / "run"))
+    run = build_corpus(bcfg, FitConfig(**{**FIT, "max_steps": 20}, append_eos=True), llm=tiny_llm, teacher=teacher,
+                       show_progress=False)
+    assert run["fitted"] == 2
+    for i, r in enumerate(rows):
+        torch.testing.assert_close(seen[r["id"]][0], e_ref[i])
+        torch.testing.assert_close(seen[r["id"]][1], m_ref[i])
+    # the encoder must predict for the layout being fitted, and the option needs its path
+    with pytest.raises(NarError, match="layout"):
+        encoder_init(tmp_path / "run", tiny_llm, FitConfig(**FIT, prefix="none"), ["x"])
+    with pytest.raises(NarError, match="warm-start-encoder"):
+        BuildConfig(input=str(src), out=str(tmp_path / "d"), warm_start="encoder")
