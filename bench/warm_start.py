@@ -83,7 +83,7 @@ def main() -> None:
         src.write_text("".join(json.dumps(r) + "\n" for r in new))
         encoder = args.encoder
         if "encoder" in modes and encoder is None:
-            encoder = Path(tmp) / "encoder"
+            encoder = Path(tmp) / "trained-encoder"
             t0 = time.perf_counter()
             val = train_encoder(args.base, TrainConfig(run_dir=str(encoder), steps=args.encoder_steps,
                                                        val_every=max(50, args.encoder_steps // 4)),
