@@ -7,9 +7,11 @@ Recall@10 of IVF and HNSW is measured against the exact flat index's top 10. Ind
 nar's own `nar.index.make_faiss_index` (what `nar index build` uses).
 
     python bench/index_speed.py --quick          # 10k and 100k vectors (< 5 min on 2 cores)
-    python bench/index_speed.py                  # 10k, 100k and 1M (HNSW at 1M takes long on 2 cores)
+    python bench/index_speed.py                  # 10k, 100k and 1M (HNSW at 1M takes ~3 min to build on 2 cores)
+    python bench/index_speed.py --sizes 1000000 --nprobe 16,64 --ef-search 64,128,256   # recall vs speed
 
-The last line is `ratio: X`: flat over HNSW query time at the largest size run (higher = HNSW faster).
+The last line is `ratio: X`: flat over HNSW query time at the largest size run, at the first efSearch
+(higher = HNSW faster).
 """
 
 from __future__ import annotations
@@ -45,37 +47,49 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--clusters", type=int, default=1000)
     ap.add_argument("--spread", type=float, default=0.03, help="per-coordinate std around a cluster centre")
-    ap.add_argument("--nprobe", type=int, default=16)
+    ap.add_argument("--nprobe", default="16", help="IVF lists probed; a comma list queries the same index at each "
+                                                   "(the first is the headline)")
     ap.add_argument("--hnsw-m", type=int, default=32)
-    ap.add_argument("--ef-search", type=int, default=64)
+    ap.add_argument("--ef-search", default="64", help="HNSW efSearch; a comma list queries the same graph at each "
+                                                      "(the first is the headline)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     if args.quick:
         args.sizes = "10000,100000"
+    nprobes = [int(v) for v in str(args.nprobe).split(",")]
+    efs = [int(v) for v in str(args.ef_search).split(",")]
     faiss.omp_set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((args.clusters, args.dim), dtype=np.float32) / np.sqrt(args.dim)
     queries = mixture(args.queries, args.dim, centres, rng, args.spread)
     print(f"dim {args.dim}, {args.clusters} clusters, spread {args.spread}, {args.queries} queries, k=10, "
-          f"threads {args.threads}; IVF nprobe {args.nprobe}; HNSW M {args.hnsw_m} efSearch {args.ef_search}")
-    print(f"{'n':>8} {'kind':5} {'build s':>8} {'query ms/q':>10} {'memory MB':>9} {'recall@10':>9}")
+          f"threads {args.threads}; IVF nprobe {nprobes}; HNSW M {args.hnsw_m} efSearch {efs}")
+    print(f"{'n':>8} {'kind':5} {'setting':>12} {'build s':>8} {'query ms/q':>10} {'memory MB':>9} {'recall@10':>9}")
     last = {}
     for n in [int(s) for s in args.sizes.split(",")]:
         x = mixture(n, args.dim, centres, rng, args.spread)
         truth = None
         for kind in ("flat", "ivf", "hnsw"):
             t0 = time.perf_counter()
-            index = make_faiss_index(x, kind, nprobe=args.nprobe, hnsw_m=args.hnsw_m, ef_search=args.ef_search)
+            index = make_faiss_index(x, kind, nprobe=nprobes[0], hnsw_m=args.hnsw_m, ef_search=efs[0])
             build = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            _, found = index.search(queries, 10)
-            query = (time.perf_counter() - t0) / len(queries)
-            if kind == "flat":
-                truth = found
             mem = faiss.serialize_index(index).nbytes / 2**20
-            rec = recall_at(found, truth)
-            last[kind] = query
-            print(f"{n:>8} {kind:5} {build:>8.2f} {query * 1e3:>10.3f} {mem:>9.0f} {rec:>9.3f}", flush=True)
+            settings = {"flat": [("-", None)], "ivf": [(f"nprobe {v}", v) for v in nprobes],
+                        "hnsw": [(f"efSearch {v}", v) for v in efs]}[kind]
+            for j, (label, value) in enumerate(settings):
+                if kind == "ivf":
+                    faiss.extract_index_ivf(index).nprobe = value
+                elif kind == "hnsw":
+                    index.hnsw.efSearch = value
+                t0 = time.perf_counter()
+                _, found = index.search(queries, 10)
+                query = (time.perf_counter() - t0) / len(queries)
+                if kind == "flat":
+                    truth = found
+                if j == 0:
+                    last[kind] = query
+                print(f"{n:>8} {kind:5} {label:>12} {build if j == 0 else 0:>8.2f} {query * 1e3:>10.3f} {mem:>9.0f} "
+                      f"{recall_at(found, truth):>9.3f}", flush=True)
             del index
         del x
     print(f"ratio: {last['flat'] / last['hnsw']:.2f}")
