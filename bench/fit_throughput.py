@@ -122,15 +122,13 @@ def main() -> None:
         print(f"{r['group']:5} {r['description']:48} {r['converged']:>3}/{r['texts']:<2} "
               f"{r['converged_per_hour']:>7.1f} {str(r['median_steps']):>9} {str(r['median_seconds']):>7} "
               f"{r['mean_acc']:>8.3f} {r['s_per_step']:>7.3f}")
-    ref = [r for r in rows if r["variant"] == "ref"]
-    ours = [r for r in rows if r["variant"] == "nar"]
-    if not ref or not ours:  # an ideas run: the first variant is the baseline, the best other one is compared
-        keys = list(dict.fromkeys(r["variant"] for r in rows))
+    keys = list(dict.fromkeys(r["variant"] for r in rows))
 
-        def rate(k: str) -> float:
-            rs = [r for r in rows if r["variant"] == k]
-            return sum(r["converged"] for r in rs) * 3600 / sum(r["wall_s"] for r in rs)
+    def rate(k: str) -> float:  # converged texts per hour of variant k, over all groups run
+        rs = [r for r in rows if r["variant"] == k]
+        return sum(r["converged"] for r in rs) * 3600 / sum(r["wall_s"] for r in rs)
 
+    if "ref" not in keys or "nar" not in keys:  # an ideas run: the first variant is the baseline
         if len(keys) < 2 or rate(keys[0]) == 0:
             print("ratio: n/a (run 'ref' and 'nar' for the headline ratio, or a baseline that converges)")
             return
@@ -138,7 +136,8 @@ def main() -> None:
         print(f"no 'ref' and 'nar' pair: the ratio below is the best variant ({best}) over the first ({keys[0]})")
         print(f"ratio: {rate(best) / rate(keys[0]):.2f}")
         return
-    ours_rate = sum(r["converged"] for r in ours) * 3600 / sum(r["wall_s"] for r in ours)
+    ours_rate = rate("nar")
+    ref = [r for r in rows if r["variant"] == "ref"]
     ref_conv, ref_wall = sum(r["converged"] for r in ref), sum(r["wall_s"] for r in ref)
     if ref_conv == 0:
         print(f"reference converged 0 texts in {ref_wall:.0f} s; the ratio below assumes 1 (a lower bound)")

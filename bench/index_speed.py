@@ -88,7 +88,8 @@ def main() -> None:
                     truth = found
                 if j == 0:
                     last[kind] = query
-                print(f"{n:>8} {kind:5} {label:>12} {build if j == 0 else 0:>8.2f} {query * 1e3:>10.3f} {mem:>9.0f} "
+                built = f"{build:.2f}" if j == 0 else "-"  # one build, queried at each setting
+                print(f"{n:>8} {kind:5} {label:>12} {built:>8} {query * 1e3:>10.3f} {mem:>9.0f} "
                       f"{recall_at(found, truth):>9.3f}", flush=True)
             del index
         del x

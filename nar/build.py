@@ -91,8 +91,8 @@ def neighbour_init(out: Path, T: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return torch.from_numpy(cols["e"])[nn], torch.from_numpy(cols["m"])[nn]
 
 
-def encoder_init(path: str | Path, llm: FrozenLLM, fcfg: FitConfig, sources: list[str],
-                 batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def encoder_init(path: str | Path, llm: FrozenLLM, fcfg: FitConfig,
+                 sources: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Warm start: the (e, m) an encoder checkpoint predicts for each source, as two (B, D) tensors.
     The encoder must have been trained for this LLM and for the layout this fit uses."""
     from nar.encoder import Encoder
@@ -102,12 +102,8 @@ def encoder_init(path: str | Path, llm: FrozenLLM, fcfg: FitConfig, sources: lis
     layout = make_layout(llm, fcfg)
     if enc.layout != layout:
         raise NarError(f"encoder {path} predicts for layout {enc.layout.to_dict()}, this fit uses {layout.to_dict()}")
-    es, ms = [], []
-    for lo in range(0, len(sources), batch_size):
-        e, m, _ = enc.predict(sources[lo:lo + batch_size])
-        es.append(e)
-        ms.append(m)
-    return torch.cat(es), torch.cat(ms)
+    e, m, _ = enc.predict(sources)
+    return e, m
 
 
 def build_corpus(bcfg: BuildConfig, fcfg: FitConfig, *, llm: FrozenLLM | None = None,
@@ -160,15 +156,14 @@ def build_corpus(bcfg: BuildConfig, fcfg: FitConfig, *, llm: FrozenLLM | None = 
     init_e, bank, reg = corpus_frame(out, llm, teacher, fcfg, bcfg)
     items = [FitItem(key=r.id, ids=ids, init_e=init_e(t), payload={"source": r.source, "target": target, "teacher": t})
              for (r, ids, target), t in zip(todo, T)]
+    warm = None
     if bcfg.warm_start == "neighbour" and items:
         warm = neighbour_init(out, T)
         if warm is None:
             log.warning("--warm-start neighbour: the corpus has no rows yet; starting from --init %s", fcfg.init)
-        else:
-            for it, e0, m0 in zip(items, *warm):
-                it.init_e, it.init_m = e0, m0
     elif bcfg.warm_start == "encoder" and items:
         warm = encoder_init(bcfg.warm_start_encoder, llm, fcfg, [r.source or t for (r, _, t) in todo])
+    if warm is not None:
         for it, e0, m0 in zip(items, *warm):
             it.init_e, it.init_m = e0, m0
     writer = ShardWriter(out, llm.hidden_size, teacher.dim, rank=bcfg.rank)

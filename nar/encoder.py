@@ -88,13 +88,18 @@ class Encoder(nn.Module):
         return self.head(states, enc["attention_mask"].bool())
 
     @torch.no_grad()
-    def predict(self, sources: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-        """e, m (B, D) on CPU, and the predicted lengths N."""
+    def predict(self, sources: list[str], batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """e, m (B, D) on CPU, and the predicted lengths N; the sources go through in batches of batch_size."""
         was = self.training
         self.eval()
-        e, m, len_logits = self(sources)
+        es, ms, ns = [], [], []
+        for lo in range(0, len(sources), batch_size):
+            e, m, len_logits = self(sources[lo:lo + batch_size])
+            es.append(e.float().cpu())
+            ms.append(m.float().cpu())
+            ns += (len_logits.argmax(-1) + 1).tolist()
         self.train(was)
-        return e.float().cpu(), m.float().cpu(), (len_logits.argmax(-1) + 1).tolist()
+        return torch.cat(es), torch.cat(ms), ns
 
     # ------------------------------------------------------------------ save / load
 

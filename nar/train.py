@@ -103,13 +103,8 @@ def evaluate_predictions(llm: FrozenLLM, e: torch.Tensor, m: torch.Tensor, n: li
 
 def evaluate_encoder(enc: Encoder, llm: FrozenLLM, rows: Rows, layout: Layout, precision: str, stop_at_eos: bool,
                      batch_size: int = 32) -> dict[str, float]:
-    es, ms, ns = [], [], []
-    for lo in range(0, len(rows), batch_size):
-        e, m, n = enc.predict(rows.sources[lo:lo + batch_size])
-        es.append(e)
-        ms.append(m)
-        ns += n
-    return evaluate_predictions(llm, torch.cat(es), torch.cat(ms), ns, rows, layout, precision, stop_at_eos)
+    e, m, n = enc.predict(rows.sources, batch_size)
+    return evaluate_predictions(llm, e, m, n, rows, layout, precision, stop_at_eos)
 
 
 def baseline_mean(train: Rows, rows: Rows, llm, layout, precision, stop_at_eos) -> dict[str, float]:
