@@ -273,80 +273,129 @@ def make_pairs_cmd(
                       "--source-column source --target-column target --append-eos --out corpora/pairs")
 
 
+@app.command("make-data")
+def make_data_cmd(
+    stsb: Path = typer.Option(Path("../shared/data/stsb"), help="Folder with the STS Benchmark train.tsv and dev.tsv."),
+    out: Path = typer.Option(Path("out/data"), "--out", "-o", help="Where stsb-train.jsonl and stsb-dev.jsonl go."),
+    as_json: bool = typer.Option(False, "--json", help="Print the counts as one JSON object."),
+) -> None:
+    """Autoencoding data: the unique STS-B train sentences (training) and dev sentences not in train (held out)."""
+    setup_logging(False)
+    from nar.data import stsb_sentences
+
+    res = stsb_sentences(stsb, out)
+    if as_json:
+        print_json(res)
+    else:
+        console.print(f"wrote {res['train']} training and {res['dev']} held-out sentences to {out}. Next: nar "
+                      f"train-encoder {out}/stsb-train.jsonl --val-data {out}/stsb-dev.jsonl")
+
+
 @app.command("train-encoder")
 def train_encoder_cmd(
-    corpus: Path = typer.Argument(..., help="Corpus folder (from build-corpus)."),
+    data: Path = typer.Argument(..., help="Training data: a file of texts or (source, target) pairs (.jsonl, .csv, "
+                                          ".tsv, .parquet, .txt), or a corpus folder from build-corpus."),
     run_dir: Path = typer.Option(Path("checkpoints/encoder"), "--run-dir", "-o", help="Checkpoints + TensorBoard."),
-    steps: int = typer.Option(300, help="Optimiser steps."),
+    val_data: Path | None = typer.Option(None, help="Held-out data file (else --val-frac of DATA is held out)."),
+    text_column: str = typer.Option("text", help="Column to autoencode (target = source)."),
+    source_column: str | None = typer.Option(None, help="Source column of seq2seq pairs (with --target-column)."),
+    target_column: str | None = typer.Option(None, help="Target column of seq2seq pairs."),
+    append_eos: bool = typer.Option(False, "--append-eos", help="Append EOS to targets (output cut at EOS)."),
+    max_tokens: int = typer.Option(16, help="Skip targets longer than this (tokens, EOS included)."),
+    limit: int | None = typer.Option(None, help="Train on at most this many texts (learning curves)."),
+    steps: int = typer.Option(2000, help="Optimiser steps."),
     batch_size: int = typer.Option(16, help="Texts per step."),
-    lr: float = typer.Option(3e-4, help="Peak learning rate (warm-up, cosine decay)."),
-    warmup: int = typer.Option(30, help="Warm-up steps."),
-    w_reg: float = typer.Option(1.0, help="Weight of the regression to the corpus proto-tokens."),
-    w_ce: float = typer.Option(1.0, help="Weight of the reconstruction CE through the frozen LLM."),
-    w_len: float = typer.Option(0.1, help="Weight of the length-head CE."),
-    val_frac: float = typer.Option(0.1, help="Held-out fraction (seeded)."),
-    val_every: int = typer.Option(50, help="Validate every N steps."),
-    min_accuracy: float = typer.Option(0.99, help="Train on corpus rows fitted at least this well."),
-    backbone: str = typer.Option("all-MiniLM-L6-v2", help="Sentence-transformers backbone."),
-    finetune_backbone: bool = typer.Option(False, "--finetune-backbone", help="Train the backbone too."),
+    lr: float = typer.Option(1e-3, help="Peak learning rate (warm-up, cosine decay)."),
+    curriculum: int = typer.Option(0, help="Length curriculum over this many steps (0: off)."),
+    w_reg: float = typer.Option(1.0, help="Weight of the regression to a corpus's fitted proto-tokens."),
+    val_frac: float = typer.Option(0.1, help="Held-out fraction without --val-data (seeded)."),
+    val_every: int = typer.Option(200, help="Validate every N steps."),
+    save_every: int = typer.Option(200, help="Write last/ (for --resume) every N steps."),
+    reader: str = typer.Option("llm", help="'llm' (the frozen LLM reads the source) or a sentence-transformers "
+                                           "model."),
+    lora_rank: int = typer.Option(0, help="LoRA rank of an LLM reader (0: frozen reader)."),
+    n_e: int = typer.Option(1, help="Encoder-emitted vectors before the m copies."),
+    pos_codes: bool = typer.Option(False, "--pos-codes", help="Learned position codes added to the m copies."),
     layers: int = typer.Option(2, help="Head transformer layers."),
     d_model: int = typer.Option(256, help="Head width."),
+    model: str = typer.Option("smollm2-135m-instruct", help=MODEL_HELP),
     precision: str = typer.Option("bf16", help="Autocast of the frozen LLM pass."),
     seed: int = typer.Option(0, help="Seed (split, init, batches)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/last."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/last, bit for bit."),
     device: str = typer.Option("auto", help="'auto', 'cpu', 'cuda', ..."),
     as_json: bool = typer.Option(False, "--json", help="Print the final figures as one JSON object."),
 ) -> None:
-    """Train an encoder that predicts proto-tokens (and the length) from the source text."""
+    """Train an encoder source -> proto-tokens (and length) with the CE through the frozen LLM."""
     setup_logging(False)
-    from nar.analysis.common import corpus_llm
     from nar.config import EncoderConfig, TrainConfig
-    from nar.corpus import read_manifest
-    from nar.train import train_encoder
+    from nar.llm import load_llm
+    from nar.train import is_corpus, train_encoder
 
-    man = read_manifest(corpus)
-    llm, _, _ = corpus_llm(corpus, device=device)
-    cfg = TrainConfig(run_dir=str(run_dir), steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, w_reg=w_reg,
-                      w_ce=w_ce, w_len=w_len, val_frac=val_frac, val_every=val_every, min_accuracy=min_accuracy,
-                      precision=precision, seed=seed, resume=resume)
-    ecfg = EncoderConfig(backbone=backbone, freeze_backbone=not finetune_backbone, layers=layers, d_model=d_model,
-                         max_len=max(64, man.get("fit_config", {}).get("max_tokens", 64)))
-    res = train_encoder(corpus, cfg, ecfg, llm=llm, show_progress=not as_json)
+    if is_corpus(data):
+        from nar.analysis.common import corpus_llm
+
+        llm, _, _ = corpus_llm(data, device=device)
+    else:
+        llm = load_llm(model, device=device)
+    cfg = TrainConfig(run_dir=str(run_dir), val_data=str(val_data) if val_data else None, text_column=text_column,
+                      source_column=source_column, target_column=target_column, append_eos=append_eos,
+                      max_tokens=max_tokens, limit=limit, steps=steps, batch_size=batch_size, lr=lr,
+                      curriculum=curriculum, w_reg=w_reg, val_frac=val_frac, val_every=val_every,
+                      save_every=save_every, precision=precision, seed=seed, resume=resume)
+    ecfg = EncoderConfig(reader=reader, lora_rank=lora_rank, n_e=n_e, pos_codes=pos_codes, layers=layers,
+                         d_model=d_model, max_len=max(64, max_tokens))
+    res = train_encoder(data, cfg, ecfg, llm=llm, show_progress=not as_json)
+    res.pop("encoder")
     if as_json:
         print_json(res)
     else:
         console.print(f"trained {res['steps']} steps on {res['train_texts']} texts in {res['seconds']:.0f} s; "
-                      f"validation ({res['val_texts']} texts): token acc {res['val']['token_acc']:.3f}, exact "
+                      f"held-out ({res['val']['texts']} texts): token acc {res['val']['token_acc']:.3f}, exact "
                       f"{res['val']['exact_match']:.3f}. Checkpoints: {run_dir}/best, {run_dir}/last; "
                       f"tensorboard --logdir {run_dir}/tb")
+
+
+EVAL_COLS = ("token_acc", "exact_match", "one_minus_wer", "chrf", "distinct_share", "target_distinct_share")
 
 
 @app.command("eval-encoder")
 def eval_encoder_cmd(
     checkpoint: Path = typer.Argument(..., help="Encoder checkpoint (a run folder or its best/ or last/)."),
-    corpus: Path = typer.Argument(..., help="The corpus it was trained on."),
+    data: Path | None = typer.Option(None, "--data", help="Held-out data to evaluate on (default: the checkpoint's "
+                                                         "own held-out texts); must not overlap its training texts."),
+    limit: int | None = typer.Option(None, help="Evaluate at most this many held-out texts."),
+    model: str = typer.Option("smollm2-135m-instruct", help=MODEL_HELP),
     precision: str = typer.Option("bf16", help="Autocast of the frozen LLM pass."),
     device: str = typer.Option("auto", help="'auto', 'cpu', 'cuda', ..."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Token accuracy and exact match on train/validation: encoder vs nearest-neighbour and mean baselines."""
+    """Held-out and training figures of one-pass generation: the encoder beside the nearest-neighbour and
+    position-mode baselines, with length buckets."""
     setup_logging(False)
-    from nar.analysis.common import corpus_llm
-    from nar.train import eval_encoder
+    from nar.evaluate import eval_encoder
+    from nar.llm import load_llm
 
-    llm, _, _ = corpus_llm(corpus, device=device)
-    res = eval_encoder(checkpoint, corpus, llm=llm, precision=precision)
+    llm = load_llm(model, device=device)
+    res = eval_encoder(checkpoint, llm=llm, data=str(data) if data else None, precision=precision, limit=limit)
     if as_json:
         print_json(res)
         return
     from rich.table import Table
 
-    t = Table(title=f"one-pass generation from predicted proto-tokens ({checkpoint})")
-    for c in ("split", "method", "texts", "token acc", "exact match"):
-        t.add_column(c)
+    t = Table(title=f"one-pass generation from predicted proto-tokens ({checkpoint}; held out: {res['held_out']})")
+    for c in ("split", "method", "texts", *EVAL_COLS):
+        t.add_column(c.replace("_", " "))
     for r in res["rows"]:
-        t.add_row(r["split"], r["method"], str(r["texts"]), f"{r['token_acc']:.3f}", f"{r['exact_match']:.3f}")
+        t.add_row(r["split"], r["method"], str(r["texts"]), *(f"{r[c]:.3f}" for c in EVAL_COLS))
     console.print(t)
+    b = Table(title="encoder token accuracy / exact match by target length (tokens)")
+    for c in ("split", "tokens", "texts", "token acc", "exact"):
+        b.add_column(c)
+    for r in res["rows"]:
+        if r["method"] == "encoder":
+            for x in r["by_length"]:
+                b.add_row(r["split"], x["tokens"], str(x["texts"]), f"{x['token_acc']:.3f}", f"{x['exact_match']:.3f}")
+    console.print(b)
 
 
 @app.command()
@@ -356,15 +405,15 @@ def generate(
     input: Path | None = typer.Option(None, "--input", "-i", help="Sources: one per line, or .jsonl with 'source' "
                                                                    "(or 'prompt'/'text')."),
     output: Path | None = typer.Option(None, "--output", help="Write one JSON object per source (.jsonl)."),
-    heldout: int = typer.Option(0, "--heldout", help="Also generate for the first N held-out (validation) "
-                                                    "sources recorded in the checkpoint."),
+    heldout: int = typer.Option(0, "--heldout", help="Also generate for the first N held-out sources recorded "
+                                                    "with the checkpoint (texts it never trained on)."),
     model: str = typer.Option("smollm2-135m-instruct", help=MODEL_HELP),
     compare_ar: bool = typer.Option(False, "--compare-ar", help="Also run the LLM's own greedy autoregressive "
                                                                  "generation; show agreement and both latencies."),
     precision: str = typer.Option("bf16", help="Autocast of the frozen LLM pass."),
     batch_size: int = typer.Option(32, help="Sources per batch (1 with --compare-ar, for latencies)."),
     device: str = typer.Option("auto", help="'auto', 'cpu', 'cuda', ..."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object per source on stdout."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per source on stdout, in input order."),
 ) -> None:
     """Source -> encoder -> proto-tokens -> ONE forward pass of the frozen LLM -> output text."""
     setup_logging(False)
@@ -373,32 +422,14 @@ def generate(
     from nar.encoder import Encoder
     from nar.errors import NarError
     from nar.generate import generate as run
+    from nar.generate import heldout_sources, read_sources
     from nar.llm import load_llm
 
-    sources = [source] if source is not None else []
-    if input is not None:
-        try:
-            lines = [x for x in input.read_text(encoding="utf-8").splitlines() if x.strip()]
-        except OSError as exc:
-            raise NarError(f"cannot read {input}: {exc.strerror}") from exc
-        for k, line in enumerate(lines, 1):
-            if str(input).endswith(".jsonl"):
-                obj = _json.loads(line)
-                col = next((c for c in ("source", "prompt", "text") if c in obj), None)
-                if col is None:
-                    raise NarError(f"{input}:{k}: no 'source', 'prompt' or 'text' field")
-                sources.append(obj[col])
-            else:
-                sources.append(line)
+    sources = ([source] if source is not None else []) + (read_sources(input) if input is not None else [])
     llm = load_llm(model, device=device)
-    enc = Encoder.from_pretrained(checkpoint, device=llm.device)
+    enc = Encoder.from_pretrained(checkpoint, llm=llm)
     if heldout:
-        from nar.train import load_rows
-
-        c = enc.meta["corpus"]
-        rows = load_rows(c["path"], enc.meta["train_config"]["min_accuracy"])
-        val = set(c["val_ids"])
-        sources += [s for k, s in zip(rows.ids, rows.sources) if k in val][:heldout]
+        sources += heldout_sources(enc, llm, heldout)
     if not sources:
         raise NarError("give a SOURCE argument, --input or --heldout")
     rows = run(enc, llm, sources, precision=precision, batch_size=1 if compare_ar else batch_size,

@@ -97,9 +97,11 @@ def encoder_init(path: str | Path, llm: FrozenLLM, fcfg: FitConfig,
     The encoder must have been trained for this LLM and for the layout this fit uses."""
     from nar.encoder import Encoder
 
-    enc = Encoder.from_pretrained(path, device=llm.device)
-    enc.check_llm(llm)
+    enc = Encoder.from_pretrained(path, llm=llm)
     layout = make_layout(llm, fcfg)
+    if enc.cfg.n_e != 1 or enc.cfg.pos_codes:
+        raise NarError(f"encoder {path} emits {enc.cfg.n_e} e-vectors{' and position codes' * enc.cfg.pos_codes}; "
+                       "a warm start needs Paper A's layout (one e, plain m copies)")
     if enc.layout != layout:
         raise NarError(f"encoder {path} predicts for layout {enc.layout.to_dict()}, this fit uses {layout.to_dict()}")
     e, m, _ = enc.predict(sources)

@@ -171,12 +171,22 @@ class BuildConfig:
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    """The encoder network: source text -> (e, m, N)."""
+    """The encoder network: source text -> (e_1..e_k, m, N)."""
 
-    backbone: str = "all-MiniLM-L6-v2"
-    """Sentence-transformers model whose token states feed the head (default: the embedded teacher)."""
-    freeze_backbone: bool = True
-    """Keep the backbone frozen (only the head trains); else fine-tune it too."""
+    reader: str = "llm"
+    """What reads the source: 'llm' (the frozen LLM's own hidden states of the source) or a
+    sentence-transformers model name or path (e.g. the embedded 'all-MiniLM-L6-v2')."""
+    reader_layer: int = -1
+    """With reader 'llm': which hidden layer feeds the head (-1: the last, normalised)."""
+    lora_rank: int = 0
+    """With reader 'llm': > 0 trains LoRA adapters of this rank on a copy of the LLM that reads the source
+    (the decoding LLM stays frozen); 0 keeps the reader frozen."""
+    finetune_reader: bool = False
+    """With a sentence-transformers reader: fine-tune it with the head."""
+    n_e: int = 1
+    """How many encoder-emitted vectors stand before the m copies (1: Paper A's [e, m, ..., m])."""
+    pos_codes: bool = False
+    """Add learned, text-independent position codes to the m copies."""
     d_model: int = 256
     """Width of the head's transformer layers."""
     layers: int = 2
@@ -194,6 +204,8 @@ class EncoderConfig:
         _check(self.d_model % self.heads == 0, "d_model must be divisible by heads")
         _check(self.layers >= 1 and self.max_len >= 1 and self.max_source_tokens >= 1, "sizes must be >= 1")
         _check(0 <= self.dropout < 1, "dropout must be in [0, 1)")
+        _check(self.n_e >= 1 and self.lora_rank >= 0, "n_e must be >= 1 and lora_rank >= 0")
+        _check(self.reader == "llm" or self.lora_rank == 0, "lora_rank needs reader 'llm'")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -206,46 +218,76 @@ class EncoderConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How `nar train-encoder` trains (the network's shape is EncoderConfig)."""
+    """How `nar train-encoder` trains (the network's shape is EncoderConfig).
+
+    Training data is either (source, target) pairs read from a file (amortised training: the loss is the
+    reconstruction cross-entropy through the frozen LLM, no fitted proto-tokens needed) or a corpus folder from
+    build-corpus (its fitted proto-tokens add a regression target)."""
 
     run_dir: str = "checkpoints/encoder"
     """Where best/ and last/ checkpoints and the TensorBoard log go."""
-    steps: int = 300
+    text_column: str = "text"
+    """Column of a data file to autoencode (target = source) when no --source-column/--target-column."""
+    source_column: str | None = None
+    """Column of a data file holding the source (with target_column: seq2seq pairs)."""
+    target_column: str | None = None
+    """Column of a data file holding the target."""
+    val_data: str | None = None
+    """A held-out data file (same columns); without it a seeded val_frac of the training data is held out."""
+    limit: int | None = None
+    """Train on at most this many texts (the first after a seeded shuffle; for learning curves)."""
+    max_tokens: int = 16
+    """Targets longer than this many tokens (EOS included) are skipped and counted."""
+    append_eos: bool = False
+    """Append EOS to every target (seq2seq replies: the output is cut at the first EOS)."""
+    steps: int = 2000
     """Optimiser steps."""
     batch_size: int = 16
     """Texts per step."""
-    lr: float = 3e-4
+    lr: float = 1e-3
     """Peak AdamW learning rate (linear warm-up, then cosine decay to 10%)."""
-    warmup: int = 30
+    warmup: int = 50
     """Warm-up steps."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
     grad_clip: float = 1.0
     """Gradient-norm clipping."""
+    curriculum: int = 0
+    """Length curriculum: over this many steps the longest target sampled grows from 4 tokens to max_tokens
+    (0: off)."""
     w_reg: float = 1.0
-    """Weight of the regression to the corpus proto-tokens (cosine + MSE of unit vectors, e and m)."""
+    """Weight of the regression to a corpus's fitted proto-tokens (cosine + MSE of unit vectors, e and m);
+    used only when training from a corpus folder."""
     w_ce: float = 1.0
-    """Weight of the reconstruction cross-entropy through the frozen LLM (one teacher-forced pass)."""
+    """Weight of the reconstruction cross-entropy through the frozen LLM (one pass)."""
     w_len: float = 0.1
     """Weight of the length-head cross-entropy."""
     val_frac: float = 0.1
-    """Held-out fraction of the corpus (seeded split, at least one text)."""
-    val_every: int = 50
+    """Held-out fraction when no val_data is given (seeded split, at least one text)."""
+    val_every: int = 200
     """Validate (and keep the best checkpoint) every this many steps."""
+    val_limit: int = 200
+    """Held-out texts used by the periodic validation (eval-encoder evaluates all)."""
+    save_every: int = 200
+    """Write last/ (weights, optimizer and RNG state) every this many steps, for --resume."""
     min_accuracy: float = 0.99
-    """Train only on corpus rows fitted to at least this accuracy."""
+    """From a corpus folder: train only on rows fitted to at least this accuracy."""
     precision: str = "bf16"
-    """Autocast of the frozen LLM's pass: 'bf16' or 'fp32'."""
+    """Autocast of the frozen LLM's pass and the reader: 'bf16' or 'fp32'."""
     seed: int = 0
     """Seed of the split, the head's init and the batches."""
     resume: bool = False
-    """Continue from run_dir/last (same config)."""
+    """Continue from run_dir/last (same config): bit-for-bit the run that was not interrupted."""
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1 and self.batch_size >= 1, "steps and batch_size must be >= 1")
         _check(0 < self.val_frac < 1, "val_frac must be in (0, 1)")
         _check(self.precision in ("bf16", "fp32"), "precision must be 'bf16' or 'fp32'")
         _check(min(self.w_reg, self.w_ce, self.w_len) >= 0, "loss weights must be >= 0")
+        _check(self.max_tokens >= 1 and self.val_every >= 1 and self.save_every >= 1 and self.val_limit >= 1,
+               "max_tokens, val_every, save_every and val_limit must be >= 1")
+        _check((self.source_column is None) == (self.target_column is None),
+               "give both source_column and target_column, or neither")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

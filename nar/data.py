@@ -119,3 +119,37 @@ def long_texts(llm, k: int, min_tokens: int) -> list[str]:
             if len(out) == k:
                 return out
     raise NarError(f"the bundled texts give only {len(out)} texts of {min_tokens}+ tokens")
+
+
+def stsb_sentences(stsb_dir: str | Path, out_dir: str | Path) -> dict:
+    """Unique STS Benchmark sentences for autoencoding: train.tsv -> stsb-train.jsonl, dev.tsv -> stsb-dev.jsonl
+    (dev sentences that also occur in train are dropped, so held-out means unseen). Returns the counts."""
+    import csv
+    import json
+
+    stsb_dir, out_dir = Path(stsb_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seen: set[str] = set()
+    counts = {}
+    for split in ("train", "dev"):
+        path = stsb_dir / f"{split}.tsv"
+        try:
+            with path.open(encoding="utf-8", newline="") as f:
+                rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+        except OSError as exc:
+            raise NarError(f"cannot read {path}: {exc.strerror}") from exc
+        if not rows or not {"sentence1", "sentence2"} <= set(rows[0]):
+            raise NarError(f"{path} is not an STS Benchmark file (no sentence1/sentence2 columns)")
+        texts = []
+        for r in rows:
+            for s in (r["sentence1"], r["sentence2"]):
+                s = (s or "").strip()
+                if s and s not in seen:
+                    seen.add(s)
+                    texts.append(s)
+        out = out_dir / f"stsb-{split}.jsonl"
+        tmp = out.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+        tmp.replace(out)
+        counts[split] = len(texts)
+    return {"out": str(out_dir), **counts}

@@ -13,10 +13,12 @@ from nar.llm import FrozenLLM, Layout
 
 @torch.no_grad()
 def decode_ids(llm: FrozenLLM, e: torch.Tensor, m: torch.Tensor, n_tokens: list[int], layout: Layout, *,
-               precision: str = "fp32", stop_at_eos: bool = False, batch_size: int = 64) -> list[list[int]]:
+               precision: str = "fp32", stop_at_eos: bool = False, batch_size: int = 64,
+               pos: torch.Tensor | None = None) -> list[list[int]]:
     """Greedy token ids for each proto-token pair, one forward pass per batch.
 
-    e: (B, D); m: (B, D) or (1, D) shared; n_tokens: B output lengths. With `stop_at_eos`, each
+    e: (B, D) or (B, k, D); m: (B, D) or (1, D) shared; pos: optional position codes (see
+    `FrozenLLM.proto_inputs`); n_tokens: B output lengths. With `stop_at_eos`, each
     output is cut before its first EOS (use it when the targets were fitted with an EOS appended).
     """
     dev = llm.device
@@ -28,7 +30,7 @@ def decode_ids(llm: FrozenLLM, e: torch.Tensor, m: torch.Tensor, n_tokens: list[
         mb = mb.to(dev, torch.float32)
         n = max(n_tokens[lo:hi])
         with llm.autocast(precision):
-            pred = llm.proto_logits(eb, mb, n, layout).argmax(-1).cpu()
+            pred = llm.proto_logits(eb, mb, n, layout, None if pos is None else pos.to(dev)).argmax(-1).cpu()
         for j, k in enumerate(range(lo, hi)):
             ids = pred[j, : n_tokens[k]].tolist()
             if stop_at_eos and llm.eos_id is not None and llm.eos_id in ids:

@@ -1,19 +1,27 @@
-"""The encoder: source text -> proto-tokens (e, m) in the frozen LLM's input space, plus the length N.
+"""The encoder: source text -> proto-tokens (e_1..e_k, m) in the frozen LLM's input space, plus the length N.
 
-    source --backbone (sentence-transformers, frozen by default)--> token states (B, L, H)
-           --linear--> (B, L, d) --2-layer transformer decoder, 3 learned queries--> (B, 3, d)
-           --> e = W_e q_0, m = W_m q_1 (each (B, D)), length logits = W_n q_2 ((B, max_len); class k -> N = k+1)
+    source --reader--> token states (B, L, H)
+           --linear--> (B, L, d) --transformer decoder, k + 2 learned queries--> (B, k + 2, d)
+           --> e_j = W_e q_j (k vectors, (B, k, D)), m = W_m q_k ((B, D)),
+               length logits = W_n q_{k+1} ((B, max_len); class c -> N = c + 1)
 
-Length: a classification head (targets without EOS have no other way to say where they end); with corpora
-fitted with --append-eos the decoded text is also cut at the first EOS. The e/m output biases start at the
-training corpus's mean proto-tokens, so an untrained encoder is the mean-proto-token baseline.
+Readers (EncoderConfig.reader):
+- "llm": the frozen LLM's own hidden states of the source (layer `reader_layer`); with `lora_rank > 0` a copy
+  of the LLM reads the source with trainable LoRA adapters (as ICAE does) while the decoding LLM stays frozen;
+- any sentence-transformers name or path (the embedded all-MiniLM-L6-v2 by default): its token states,
+  frozen unless `finetune_reader`.
 
-A checkpoint folder holds `model.safetensors` (the head, plus the backbone when it was fine-tuned) and
-`config.json` (encoder config, LLM and backbone fingerprints, corpus, layout, training state).
+Optional position codes (`pos_codes`): learned, text-independent vectors added to the m copies, so the frozen
+LLM sees a different input at each output position (the proto-token layout repeats one m; see docs/ENCODER.md).
+
+The e/m output biases start at the mean token embedding (or a corpus's mean proto-tokens), so the untrained
+encoder is the "mean" baseline. A checkpoint folder holds `model.safetensors` (head, plus LoRA or fine-tuned
+reader weights) and `config.json` (encoder config, LLM and reader fingerprints, layout, data, training state).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from pathlib import Path
@@ -32,8 +40,9 @@ log = logging.getLogger(__name__)
 class ProtoHead(nn.Module):
     def __init__(self, in_dim: int, llm_dim: int, cfg: EncoderConfig):
         super().__init__()
+        self.n_e = cfg.n_e
         self.inp = nn.Linear(in_dim, cfg.d_model)
-        self.queries = nn.Parameter(torch.randn(3, cfg.d_model) * 0.02)
+        self.queries = nn.Parameter(torch.randn(cfg.n_e + 2, cfg.d_model) * 0.02)
         layer = nn.TransformerDecoderLayer(cfg.d_model, cfg.heads, 4 * cfg.d_model, cfg.dropout, batch_first=True,
                                            norm_first=True)
         self.decoder = nn.TransformerDecoder(layer, cfg.layers)
@@ -41,55 +50,154 @@ class ProtoHead(nn.Module):
         self.out_e = nn.Linear(cfg.d_model, llm_dim)
         self.out_m = nn.Linear(cfg.d_model, llm_dim)
         self.out_len = nn.Linear(cfg.d_model, cfg.max_len)
+        self.pos = nn.Parameter(torch.zeros(cfg.max_len, llm_dim)) if cfg.pos_codes else None
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """states (B, L, H), mask (B, L) True on real tokens -> e (B, D), m (B, D), length logits (B, max_len)."""
+        """states (B, L, H), mask (B, L) True on real tokens -> e (B, k, D), m (B, D), length logits (B, max_len)."""
         mem = self.inp(states)
         q = self.queries.unsqueeze(0).expand(states.shape[0], -1, -1)
         h = self.norm(self.decoder(q, mem, memory_key_padding_mask=~mask))
-        return self.out_e(h[:, 0]), self.out_m(h[:, 1]), self.out_len(h[:, 2])
+        k = self.n_e
+        return self.out_e(h[:, :k]), self.out_m(h[:, k]), self.out_len(h[:, k + 1])
+
+
+class LLMReader(nn.Module):
+    """Hidden states of the source from the LLM itself: the frozen one, or a copy with LoRA adapters."""
+
+    def __init__(self, llm: FrozenLLM, layer: int, lora_rank: int):
+        super().__init__()
+        self.tokenizer = llm.tokenizer
+        self.layer = layer
+        self.hidden_size = llm.hidden_size
+        base = llm.model.base_model
+        if lora_rank > 0:
+            from peft import LoraConfig, get_peft_model
+
+            # a copy: the decoding LLM must stay exactly the frozen one
+            self.net = get_peft_model(copy.deepcopy(base), LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank,
+                                                                      lora_dropout=0.0))
+            self.trainable = True
+        else:
+            object.__setattr__(self, "net", base)  # not a submodule: never saved, never trained
+            self.trainable = False
+
+    def tokenize(self, sources: list[str], max_tokens: int, device) -> tuple[dict, int]:
+        full = [self.tokenizer(s, add_special_tokens=False).input_ids for s in sources]
+        truncated = sum(len(x) > max_tokens for x in full)
+        full = [x[:max_tokens] or [self.tokenizer.eos_token_id or 0] for x in full]
+        width = max(len(x) for x in full)
+        ids = torch.zeros(len(full), width, dtype=torch.long)
+        mask = torch.zeros(len(full), width, dtype=torch.long)
+        for j, x in enumerate(full):
+            ids[j, : len(x)] = torch.tensor(x)
+            mask[j, : len(x)] = 1
+        return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}, truncated
+
+    def forward(self, enc: dict) -> torch.Tensor:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.trainable):
+            out = self.net(**enc, use_cache=False, output_hidden_states=self.layer != -1)
+        return out.last_hidden_state if self.layer == -1 else out.hidden_states[self.layer]
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        if not self.trainable:
+            return {}
+        from peft import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(self.net)
+
+    def load_extra(self, state: dict[str, torch.Tensor]) -> None:
+        if self.trainable:
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(self.net, state)
+
+
+class STReader(nn.Module):
+    """Token states of a sentence-transformers model (frozen unless fine-tuned)."""
+
+    def __init__(self, name: str, finetune: bool):
+        super().__init__()
+        from nar.teacher import load_teacher
+
+        t = load_teacher(name)
+        self.net, self.tokenizer, self.fingerprint = t.model[0].auto_model, t.model[0].tokenizer, t.fingerprint
+        self.hidden_size = self.net.config.hidden_size
+        self.trainable = finetune
+        for p in self.net.parameters():
+            p.requires_grad_(finetune)
+
+    def tokenize(self, sources: list[str], max_tokens: int, device) -> tuple[dict, int]:
+        full = self.tokenizer(sources, add_special_tokens=True)["input_ids"]
+        truncated = sum(len(x) > max_tokens for x in full)
+        enc = self.tokenizer(sources, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
+        return {k: v.to(device) for k, v in enc.items()}, truncated
+
+    def forward(self, enc: dict) -> torch.Tensor:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.trainable):
+            return self.net(**enc).last_hidden_state
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        return dict(self.net.state_dict()) if self.trainable else {}
+
+    def load_extra(self, state: dict[str, torch.Tensor]) -> None:
+        if state:
+            self.net.load_state_dict(state)
+
+
+def make_reader(cfg: EncoderConfig, llm: FrozenLLM | None) -> nn.Module:
+    if cfg.reader == "llm":
+        if llm is None:
+            raise NarError("this encoder reads the source with the LLM: pass the frozen LLM")
+        return LLMReader(llm, cfg.reader_layer, cfg.lora_rank)
+    return STReader(cfg.reader, cfg.finetune_reader)
+
+
+def reader_info(cfg: EncoderConfig, reader: nn.Module, llm: FrozenLLM | None) -> dict:
+    fp = llm.fingerprint if cfg.reader == "llm" and llm is not None else getattr(reader, "fingerprint", None)
+    return {"name": cfg.reader, "fingerprint": fp}
 
 
 class Encoder(nn.Module):
-    """Backbone + head. `meta` carries the provenance written into every checkpoint."""
+    """Reader + head. `meta` carries the provenance written into every checkpoint."""
 
-    def __init__(self, cfg: EncoderConfig, backbone, tokenizer, llm_dim: int, meta: dict):
+    def __init__(self, cfg: EncoderConfig, reader: nn.Module, llm_dim: int, meta: dict):
         super().__init__()
         self.cfg = cfg
-        self.backbone = backbone
-        self.tokenizer = tokenizer
-        self.head = ProtoHead(backbone.config.hidden_size, llm_dim, cfg)
+        self.reader = reader
+        self.head = ProtoHead(reader.hidden_size, llm_dim, cfg)
         self.meta = meta
-        for p in self.backbone.parameters():
-            p.requires_grad_(not cfg.freeze_backbone)
 
     @property
     def device(self) -> torch.device:
         return self.head.queries.device
 
-    def tokenize(self, sources: list[str]) -> tuple[dict, int]:
-        """Backbone inputs for a batch, and how many sources were truncated."""
-        for s in sources:
-            if not s or not s.strip():
-                raise NarError("empty source text")
-        full = self.tokenizer(sources, add_special_tokens=True)["input_ids"]
-        truncated = sum(len(x) > self.cfg.max_source_tokens for x in full)
-        enc = self.tokenizer(sources, padding=True, truncation=True, max_length=self.cfg.max_source_tokens,
-                             return_tensors="pt")
-        return {k: v.to(self.device) for k, v in enc.items()}, truncated
+    @property
+    def pos_codes(self) -> torch.Tensor | None:
+        """(max_len, D) learned offsets added to the m copies, or None."""
+        return None if self.head.pos is None else self.head.pos.detach()
+
+    def init_outputs(self, e_mean: torch.Tensor, m_mean: torch.Tensor, scale: float = 0.1) -> None:
+        """Start the outputs at (e_mean, m_mean): the untrained encoder is the mean baseline."""
+        with torch.no_grad():
+            self.head.out_e.bias.copy_(e_mean)
+            self.head.out_m.bias.copy_(m_mean)
+            self.head.out_e.weight.mul_(scale)
+            self.head.out_m.weight.mul_(scale)
 
     def forward(self, sources: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """e (B, D), m (B, D), length logits (B, max_len)."""
-        enc, truncated = self.tokenize(sources)
+        """e (B, k, D), m (B, D), length logits (B, max_len)."""
+        for s in sources:
+            if not isinstance(s, str) or not s.strip():
+                raise NarError("empty source text")
+        enc, truncated = self.reader.tokenize(sources, self.cfg.max_source_tokens, self.device)
         if truncated:
             log.warning("%d source(s) longer than %d tokens were truncated", truncated, self.cfg.max_source_tokens)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.freeze_backbone):
-            states = self.backbone(**enc).last_hidden_state
-        return self.head(states, enc["attention_mask"].bool())
+        states = self.reader(enc)
+        return self.head(states.to(self.head.inp.weight.dtype), enc["attention_mask"].bool())
 
     @torch.no_grad()
     def predict(self, sources: list[str], batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-        """e, m (B, D) on CPU, and the predicted lengths N; the sources go through in batches of batch_size."""
+        """e ((B, D), or (B, k, D) when k > 1) and m (B, D) on CPU, and the predicted lengths N."""
         was = self.training
         self.eval()
         es, ms, ns = [], [], []
@@ -99,9 +207,22 @@ class Encoder(nn.Module):
             ms.append(m.float().cpu())
             ns += (len_logits.argmax(-1) + 1).tolist()
         self.train(was)
-        return torch.cat(es), torch.cat(ms), ns
+        e = torch.cat(es)
+        return (e[:, 0] if e.shape[1] == 1 else e), torch.cat(ms), ns
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
 
     # ------------------------------------------------------------------ save / load
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        state = {f"head.{k}": v for k, v in self.head.state_dict().items()}
+        state.update({f"reader.{k}": v for k, v in self.reader.extra_state().items()})
+        return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+    def load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
+        self.head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
+        self.reader.load_extra({k[7:]: v for k, v in state.items() if k.startswith("reader.")})
 
     def save_pretrained(self, path: str | Path, extra: dict | None = None) -> None:
         from safetensors.torch import save_file
@@ -110,18 +231,17 @@ class Encoder(nn.Module):
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        state = {f"head.{k}": v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
-        if not self.cfg.freeze_backbone:
-            state.update({f"backbone.{k}": v.detach().cpu().contiguous()
-                          for k, v in self.backbone.state_dict().items()})
         tmp = path / ".tmp-model.safetensors"
-        save_file(state, str(tmp))
+        save_file(self.state_tensors(), str(tmp))
         tmp.replace(path / "model.safetensors")
         cfg = {"encoder_config": self.cfg.to_dict(), **self.meta, **(extra or {}), "nar_version": __version__}
         atomic_write_bytes(path / "config.json", json.dumps(cfg, indent=2).encode())
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> Encoder:
+    def from_pretrained(cls, path: str | Path, llm: FrozenLLM | None = None,
+                        device: str | torch.device | None = None) -> Encoder:
+        """Load a checkpoint (a run folder means its best/). An LLM-reading encoder needs the frozen LLM,
+        and any encoder is checked against it when given."""
         from safetensors.torch import load_file
 
         path = Path(path)
@@ -129,18 +249,23 @@ class Encoder(nn.Module):
             path = path / "best"  # a run folder: take its best checkpoint
         if not (path / "config.json").is_file():
             raise NarError(f"{path} is not an encoder checkpoint (no config.json)")
+        if not (path / "model.safetensors").is_file():
+            raise NarError(f"{path} is an incomplete encoder checkpoint (no model.safetensors)")
         meta = json.loads((path / "config.json").read_text())
         cfg = EncoderConfig.from_dict(meta.pop("encoder_config"))
-        backbone, tokenizer, fingerprint = load_backbone(cfg.backbone)
-        if meta.get("backbone", {}).get("fingerprint") not in (None, fingerprint) and cfg.freeze_backbone:
-            raise NarError(f"checkpoint expects backbone {meta['backbone']['fingerprint']}, found {fingerprint}")
-        enc = cls(cfg, backbone, tokenizer, meta["llm"]["hidden_size"], meta)
-        state = load_file(str(path / "model.safetensors"))
-        enc.head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
-        bb = {k[9:]: v for k, v in state.items() if k.startswith("backbone.")}
-        if bb:
-            enc.backbone.load_state_dict(bb)
-        return enc.to(device).eval()
+        if llm is not None:
+            fp = meta["llm"]["fingerprint"]
+            if fp != llm.fingerprint:
+                raise NarError(f"this encoder was trained for LLM {fp}, but the loaded LLM is {llm.fingerprint}")
+        reader = make_reader(cfg, llm)
+        want = meta.get("reader", {}).get("fingerprint")
+        have = reader_info(cfg, reader, llm)["fingerprint"]
+        if want not in (None, have):
+            raise NarError(f"checkpoint expects reader {want}, found {have}")
+        enc = cls(cfg, reader, meta["llm"]["hidden_size"], meta)
+        enc.load_state_tensors(load_file(str(path / "model.safetensors")))
+        dev = device if device is not None else (llm.device if llm is not None else "cpu")
+        return enc.to(dev).eval()
 
     def check_llm(self, llm: FrozenLLM) -> None:
         fp = self.meta["llm"]["fingerprint"]
@@ -150,11 +275,3 @@ class Encoder(nn.Module):
     @property
     def layout(self) -> Layout:
         return Layout.from_dict(self.meta["layout"])
-
-
-def load_backbone(name: str):
-    """(transformer, tokenizer, fingerprint) of a sentence-transformers model (the embedded default too)."""
-    from nar.teacher import load_teacher
-
-    t = load_teacher(name)
-    return t.model[0].auto_model, t.model[0].tokenizer, t.fingerprint

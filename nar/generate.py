@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import torch
 
 from nar.decode import decode_ids, generate_greedy, token_accuracy
 from nar.encoder import Encoder
+from nar.errors import NarError
 from nar.llm import FrozenLLM
 from nar.pairs import prompt_ids
 
@@ -22,8 +25,9 @@ def generate(enc: Encoder, llm: FrozenLLM, sources: list[str], *, precision: str
     for lo in range(0, len(sources), batch_size):
         chunk = sources[lo:lo + batch_size]
         t0 = time.perf_counter()
-        e, m, n = enc.predict(chunk)
-        ids = decode_ids(llm, e, m, n, layout, precision=precision, stop_at_eos=stop)
+        with llm.autocast(precision):
+            e, m, n = enc.predict(chunk)
+        ids = decode_ids(llm, e, m, n, layout, precision=precision, stop_at_eos=stop, pos=enc.pos_codes)
         dt = (time.perf_counter() - t0) / len(chunk)
         for s, x in zip(chunk, ids):
             out.append({"source": s, "output": llm.tokenizer.decode(x, skip_special_tokens=True), "n_tokens": len(x),
@@ -40,3 +44,39 @@ def generate(enc: Encoder, llm: FrozenLLM, sources: list[str], *, precision: str
     for row in out:
         row.pop("_ids")
     return out
+
+
+def read_sources(path: str | Path) -> list[str]:
+    """Sources from a file: one per line, or .jsonl with a 'source' (or 'prompt' / 'text') field."""
+    path = Path(path)
+    try:
+        lines = [x for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise NarError(f"cannot read {path}: {exc.strerror if isinstance(exc, OSError) else exc}") from exc
+    if not path.name.endswith(".jsonl"):
+        return lines
+    out = []
+    for k, line in enumerate(lines, 1):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise NarError(f"{path}:{k}: not a JSON object ({exc.msg})") from exc
+        col = next((c for c in ("source", "prompt", "text") if isinstance(obj, dict) and c in obj), None)
+        if col is None:
+            raise NarError(f"{path}:{k}: no 'source', 'prompt' or 'text' field")
+        out.append(obj[col])
+    return out
+
+
+def heldout_sources(enc: Encoder, llm: FrozenLLM, k: int) -> list[str]:
+    """The first k held-out sources recorded with the checkpoint (its val data, or its val split)."""
+    from nar.config import TrainConfig
+    from nar.train import load_pairs, split
+
+    meta = enc.meta
+    tcfg = TrainConfig(**{f: v for f, v in meta["train_config"].items() if f in TrainConfig.__dataclass_fields__})
+    if tcfg.val_data:
+        return load_pairs(tcfg.val_data, llm, tcfg).sources[:k]
+    pairs = load_pairs(meta["data"]["train"], llm, tcfg)
+    _, va = split(len(pairs), tcfg.val_frac, tcfg.seed)
+    return [pairs.sources[i] for i in va][:k]

@@ -147,27 +147,36 @@ class FrozenLLM:
         """Token ids of a target text, without special tokens."""
         return list(self.tokenizer(text, add_special_tokens=False).input_ids)
 
-    def proto_inputs(self, e: torch.Tensor, m: torch.Tensor, n: int, layout: Layout) -> torch.Tensor:
+    def proto_inputs(self, e: torch.Tensor, m: torch.Tensor, n: int, layout: Layout,
+                     pos: torch.Tensor | None = None) -> torch.Tensor:
         """Input embeddings for a batch of proto-tokens.
 
-        e: (B, D), m: (B, D) or (1, D) when shared. Returns (B, len(prefix) + 1 + layout.n_m(n), D).
+        e: (B, D), or (B, k, D) for k vectors before the m's (an encoder layout); m: (B, D) or (1, D) when
+        shared; pos: optional (>= n_m, D) position codes added to the m copies (an encoder's learned,
+        text-independent offsets). Returns (B, len(prefix) + k + layout.n_m(n), D).
         """
-        b, d = e.shape
+        if e.dim() == 2:
+            e = e.unsqueeze(1)
+        b, _, d = e.shape
         parts = []
         if layout.prefix_ids:
             ids = torch.tensor(layout.prefix_ids, device=e.device)
             parts.append(self.model.get_input_embeddings()(ids).to(e.dtype).unsqueeze(0).expand(b, -1, d))
-        parts.append(e.unsqueeze(1))
-        parts.append(m.unsqueeze(1).expand(b, layout.n_m(n), d))
+        parts.append(e)
+        ms = m.unsqueeze(1).expand(b, layout.n_m(n), d)
+        if pos is not None:
+            ms = ms + pos[: layout.n_m(n)].to(ms.dtype)
+        parts.append(ms)
         return torch.cat(parts, dim=1)
 
-    def proto_logits(self, e: torch.Tensor, m: torch.Tensor, n: int, layout: Layout) -> torch.Tensor:
+    def proto_logits(self, e: torch.Tensor, m: torch.Tensor, n: int, layout: Layout,
+                     pos: torch.Tensor | None = None) -> torch.Tensor:
         """One forward pass; logits (B, n, V) where row i predicts target token i.
 
         Right padding needs no attention mask: attention is causal, so a text shorter than n is not
         affected by the positions after its end, which are simply not read.
         """
-        embeds = self.proto_inputs(e, m, n, layout).to(self.dtype)
+        embeds = self.proto_inputs(e, m, n, layout, pos).to(self.dtype)
         out = self.model(inputs_embeds=embeds, use_cache=False, logits_to_keep=n)
         return out.logits[:, -n:]
 

@@ -1,10 +1,13 @@
-"""Training and evaluating the encoder (source -> proto-tokens), and the baselines it must beat.
+"""Training the encoder (source -> proto-tokens): amortised, from (source, target) pairs.
 
 Losses per batch (weights in TrainConfig):
-  reg = mean over e and m of [ (1 - cos(pred, target)) + |unit(pred) - unit(target)|^2 ]
-  ce  = reconstruction cross-entropy of the target tokens from ONE teacher-forced pass of the frozen
-        LLM on the predicted (e, m), gradients flowing through the frozen LLM into the encoder
+  ce  = reconstruction cross-entropy of the target tokens from ONE pass of the frozen LLM over the predicted
+        [prefix, e_1..e_k, m x (N-1)], gradients flowing through the frozen LLM into the encoder
   len = cross-entropy of the length head against the true N
+  reg = (from a corpus folder only) mean over e and m of [(1 - cos(pred, fitted)) + |unit(pred) - unit(fitted)|^2]
+
+The loop (eval, save, step, log) checkpoints `last/` every `save_every` steps with the optimizer and every RNG
+state it uses, so `--resume` continues bit for bit; `best/` holds the best periodic validation.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,175 +24,225 @@ import torch.nn.functional as F
 
 from nar import corpus as corpus_store
 from nar.config import EncoderConfig, TrainConfig
-from nar.decode import decode_ids, token_accuracy
-from nar.encoder import Encoder, load_backbone
+from nar.encoder import Encoder, make_reader, reader_info
 from nar.errors import NarError
 from nar.llm import FrozenLLM, Layout, frozen_llm_info
 
 
 @dataclass
-class Rows:
-    """Corpus rows used for training/evaluation."""
+class Pairs:
+    """Training or evaluation texts: sources, target token ids (EOS appended when the run uses it), and,
+    from a corpus folder, the fitted proto-tokens."""
 
     ids: list[str]
     sources: list[str]
+    targets: list[str]
     token_ids: list[list[int]]
-    e: torch.Tensor
-    m: torch.Tensor
+    e: torch.Tensor | None = None
+    m: torch.Tensor | None = None
+    stats: dict = field(default_factory=dict)
 
-    def take(self, idx: list[int]) -> Rows:
-        return Rows([self.ids[i] for i in idx], [self.sources[i] for i in idx], [self.token_ids[i] for i in idx],
-                    self.e[idx], self.m[idx])
+    def take(self, idx: list[int]) -> Pairs:
+        def pick(t):
+            return (None if t is None else t[idx])
+        return Pairs([self.ids[i] for i in idx], [self.sources[i] for i in idx], [self.targets[i] for i in idx],
+                     [self.token_ids[i] for i in idx], pick(self.e), pick(self.m), self.stats)
 
     def __len__(self) -> int:
         return len(self.ids)
 
 
-def load_rows(path: str | Path, min_accuracy: float) -> Rows:
-    t = corpus_store.read_table(path)
-    keep = [i for i in range(t.num_rows) if not t.column("failed")[i].as_py()
-            and t.column("accuracy")[i].as_py() >= min_accuracy - 1e-6]
-    if len(keep) < 2:
-        raise NarError(f"corpus {path} has {len(keep)} rows at accuracy >= {min_accuracy}; need at least 2")
-    col = {c: t.column(c) for c in ("id", "source", "target", "token_ids", "e", "m")}
-    return Rows(ids=[col["id"][i].as_py() for i in keep],
-                sources=[col["source"][i].as_py() or col["target"][i].as_py() for i in keep],
-                token_ids=[col["token_ids"][i].as_py() for i in keep],
-                e=torch.tensor([col["e"][i].as_py() for i in keep]),
-                m=torch.tensor([col["m"][i].as_py() for i in keep]))
+def is_corpus(path: str | Path) -> bool:
+    return (Path(path) / "manifest.json").is_file()
 
 
-def split(rows: Rows, val_frac: float, seed: int) -> tuple[list[int], list[int]]:
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    n_val = max(1, round(val_frac * len(rows)))
-    return sorted(order[n_val:]), sorted(order[:n_val])
+def load_pairs(path: str | Path, llm: FrozenLLM, cfg: TrainConfig) -> Pairs:
+    """Pairs from a data file (any format nar.data reads) or a corpus folder; targets over max_tokens skipped."""
+    if is_corpus(path):
+        return _corpus_pairs(path, cfg)
+    from nar.data import load_dataset_any, row_id
 
-
-def targets_without_eos(ids: list[int], eos: int | None, stop_at_eos: bool) -> list[int]:
-    return ids[:-1] if stop_at_eos and ids and ids[-1] == eos else ids
-
-
-def losses(enc: Encoder, llm: FrozenLLM, batch: Rows, layout: Layout, cfg: TrainConfig) -> dict[str, torch.Tensor]:
-    e, m, len_logits = enc(batch.sources)
-    te, tm = batch.e.to(e.device), batch.m.to(e.device)
-    reg = sum((1 - F.cosine_similarity(p, t, dim=-1)).mean()
-              + (F.normalize(p, dim=-1) - F.normalize(t, dim=-1)).pow(2).sum(-1).mean()
-              for p, t in ((e, te), (m, tm))) / 2
-    out = {"reg": reg}
-    n = max(len(x) for x in batch.token_ids)
-    if cfg.w_ce > 0:
-        tgt = torch.full((len(batch), n), -100, dtype=torch.long, device=e.device)
-        for j, ids in enumerate(batch.token_ids):
-            tgt[j, : len(ids)] = torch.tensor(ids)
-        with llm.autocast(cfg.precision):
-            logits = llm.proto_logits(e, m, n, layout)
-        out["ce"] = F.cross_entropy(logits.float().transpose(1, 2), tgt, ignore_index=-100)
-    lengths = torch.tensor([min(len(x), enc.cfg.max_len) - 1 for x in batch.token_ids], device=e.device)
-    out["len"] = F.cross_entropy(len_logits, lengths)
-    out["total"] = cfg.w_reg * out["reg"] + cfg.w_ce * out.get("ce", 0.0) + cfg.w_len * out["len"]
+    ds = load_dataset_any(str(path))
+    src_col, tgt_col = (cfg.source_column, cfg.target_column) if cfg.source_column else (cfg.text_column,) * 2
+    for c in {src_col, tgt_col}:
+        if c not in ds.column_names:
+            raise NarError(f"{path} has no column {c!r}; its columns are {ds.column_names} (pass --text-column, "
+                           "or --source-column with --target-column)")
+    eos = llm.eos_id if cfg.append_eos else None
+    if cfg.append_eos and eos is None:
+        raise NarError(f"model {llm.name} has no EOS token; drop --append-eos")
+    out = Pairs([], [], [], [])
+    seen, long, empty = set(), 0, 0
+    for s, t in zip(ds[src_col], ds[tgt_col]):
+        if not isinstance(s, str) or not isinstance(t, str) or not s.strip() or not t.strip():
+            empty += 1
+            continue
+        key = row_id(s, t)
+        if key in seen:
+            continue
+        seen.add(key)
+        ids = llm.encode(t) + ([eos] if eos is not None else [])
+        if len(ids) > cfg.max_tokens:
+            long += 1
+            continue
+        out.ids.append(key)
+        out.sources.append(s)
+        out.targets.append(t)
+        out.token_ids.append(ids)
+    out.stats = {"read": len(ds), "kept": len(out), "skipped_long": long, "skipped_empty": empty,
+                 "skipped_duplicate": len(ds) - len(out) - long - empty}
+    if len(out) < 2:
+        raise NarError(f"{path}: {len(out)} usable texts of <= {cfg.max_tokens} tokens; need at least 2")
     return out
 
 
-@torch.no_grad()
-def evaluate_predictions(llm: FrozenLLM, e: torch.Tensor, m: torch.Tensor, n: list[int], rows: Rows, layout: Layout,
-                         precision: str, stop_at_eos: bool) -> dict[str, float]:
-    """Token accuracy and exact match of one-pass decoding of the given proto-tokens against the targets."""
-    pred = decode_ids(llm, e, m, n, layout, precision=precision, stop_at_eos=stop_at_eos)
-    tg = [targets_without_eos(t, llm.eos_id, stop_at_eos) for t in rows.token_ids]
-    accs = [token_accuracy(p, t) for p, t in zip(pred, tg)]
-    return {"token_acc": sum(accs) / len(accs), "exact_match": sum(p == t for p, t in zip(pred, tg)) / len(tg)}
+def _corpus_pairs(path: str | Path, cfg: TrainConfig) -> Pairs:
+    t = corpus_store.read_table(path)
+    cols = {c: t.column(c).to_pylist() for c in ("id", "source", "target", "token_ids", "failed", "accuracy")}
+    keep = [i for i in range(t.num_rows) if not cols["failed"][i] and cols["accuracy"][i] >= cfg.min_accuracy - 1e-6]
+    if len(keep) < 2:
+        raise NarError(f"corpus {path} has {len(keep)} rows at accuracy >= {cfg.min_accuracy}; need at least 2")
+    e, m = (torch.tensor(t.column(c).to_pylist())[keep] for c in ("e", "m"))
+    return Pairs(ids=[cols["id"][i] for i in keep], sources=[cols["source"][i] or cols["target"][i] for i in keep],
+                 targets=[cols["target"][i] for i in keep], token_ids=[cols["token_ids"][i] for i in keep],
+                 e=e, m=m, stats={"read": t.num_rows, "kept": len(keep)})
 
 
-def evaluate_encoder(enc: Encoder, llm: FrozenLLM, rows: Rows, layout: Layout, precision: str, stop_at_eos: bool,
-                     batch_size: int = 32) -> dict[str, float]:
-    e, m, n = enc.predict(rows.sources, batch_size)
-    return evaluate_predictions(llm, e, m, n, rows, layout, precision, stop_at_eos)
+def split(n: int, val_frac: float, seed: int) -> tuple[list[int], list[int]]:
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(val_frac * n))
+    return sorted(order[n_val:]), sorted(order[:n_val])
 
 
-def baseline_mean(train: Rows, rows: Rows, llm, layout, precision, stop_at_eos) -> dict[str, float]:
-    """The mean training proto-token, decoded at each text's true length (a generous baseline)."""
-    e = train.e.mean(0, keepdim=True).expand(len(rows), -1)
-    m = train.m.mean(0, keepdim=True).expand(len(rows), -1)
-    return evaluate_predictions(llm, e, m, [len(t) for t in rows.token_ids], rows, layout, precision, stop_at_eos)
+def run_layout(llm: FrozenLLM, data: str | Path) -> tuple[Layout, bool]:
+    """The layout to train for: a corpus's own, else Paper A's with the BOS prefix (nar's fitting default)."""
+    if is_corpus(data):
+        from nar.analysis.common import corpus_llm
+
+        _, layout, _ = corpus_llm(data, llm)
+        return layout, bool(corpus_store.read_manifest(data).get("fit_config", {}).get("append_eos"))
+    return Layout(prefix_ids=llm.resolve_prefix("bos")), False
 
 
-def baseline_nearest(train: Rows, rows: Rows, llm, layout, precision, stop_at_eos, teacher, exclude_self: bool
-                     ) -> dict[str, float]:
-    """Teacher embedding of the source -> nearest training source (FAISS, cosine) -> its stored proto-tokens,
-    decoded at its own length. On training rows the row itself is excluded (leave-one-out)."""
-    from nar.index import make_faiss_index
-
-    tv = F.normalize(teacher.encode(train.sources), dim=-1).numpy()
-    q = F.normalize(teacher.encode(rows.sources), dim=-1).numpy()
-    index = make_faiss_index(tv, "flat")
-    _, idx = index.search(q, 2 if exclude_self else 1)
-    pick = []
-    for j, row in enumerate(idx):
-        cand = [int(i) for i in row if not (exclude_self and train.ids[int(i)] == rows.ids[j])]
-        pick.append(cand[0])
-    return evaluate_predictions(llm, train.e[pick], train.m[pick], [len(train.token_ids[i]) for i in pick], rows,
-                                layout, precision, stop_at_eos)
+def reconstruction_ce(llm: FrozenLLM, e: torch.Tensor, m: torch.Tensor, token_ids: list[list[int]], layout: Layout,
+                      precision: str, pos: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean CE of the target tokens under one pass over the proto-token inputs (targets right-padded, -100)."""
+    n = max(len(x) for x in token_ids)
+    tgt = torch.full((len(token_ids), n), -100, dtype=torch.long, device=e.device)
+    for j, ids in enumerate(token_ids):
+        tgt[j, : len(ids)] = torch.tensor(ids)
+    with llm.autocast(precision):
+        logits = llm.proto_logits(e, m, n, layout, pos)
+    return F.cross_entropy(logits.float().transpose(1, 2), tgt, ignore_index=-100)
 
 
-def _lr(step: int, cfg: TrainConfig) -> float:
+def losses(enc: Encoder, llm: FrozenLLM, batch: Pairs, layout: Layout, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    with llm.autocast(cfg.precision):
+        e, m, len_logits = enc(batch.sources)
+    e, m, len_logits = e.float(), m.float(), len_logits.float()
+    out: dict[str, torch.Tensor] = {}
+    if cfg.w_ce > 0:
+        out["ce"] = reconstruction_ce(llm, e, m, batch.token_ids, layout, cfg.precision, enc.head.pos)
+    lengths = torch.tensor([min(len(x), enc.cfg.max_len) - 1 for x in batch.token_ids], device=e.device)
+    out["len"] = F.cross_entropy(len_logits, lengths)
+    total = cfg.w_ce * out.get("ce", 0.0) + cfg.w_len * out["len"]
+    if batch.e is not None and cfg.w_reg > 0:
+        te, tm = batch.e.to(e.device), batch.m.to(e.device)
+        out["reg"] = sum((1 - F.cosine_similarity(p, t, dim=-1)).mean()
+                         + (F.normalize(p, dim=-1) - F.normalize(t, dim=-1)).pow(2).sum(-1).mean()
+                         for p, t in ((e[:, 0], te), (m, tm))) / 2
+        total = total + cfg.w_reg * out["reg"]
+    out["total"] = total
+    return out
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
 
 
-def train_encoder(corpus_path: str | Path, cfg: TrainConfig, enc_cfg: EncoderConfig, *, llm: FrozenLLM,
-                  show_progress: bool = True) -> dict:
-    """The training loop: eval, save, step, log. Returns the final validation figures."""
-    from nar.analysis.common import corpus_llm
-    from nar.index import corpus_fingerprint
-    from nar.monitor import TensorBoardWriter
+def _sample(lengths: torch.Tensor, step: int, cfg: TrainConfig, g: torch.Generator) -> list[int]:
+    """A batch of training indices; under the length curriculum only texts up to the current length."""
+    if cfg.curriculum > 0:
+        cap = 4 + (cfg.max_tokens - 4) * min(1.0, step / cfg.curriculum)
+        pool = torch.nonzero(lengths <= cap).flatten()
+        if len(pool) < cfg.batch_size:
+            pool = torch.argsort(lengths)[: cfg.batch_size]
+    else:
+        pool = torch.arange(len(lengths))
+    pick = torch.randint(len(pool), (min(cfg.batch_size, len(lengths)),), generator=g)
+    return pool[pick].tolist()
 
-    llm, layout, _ = corpus_llm(corpus_path, llm)
-    man = corpus_store.read_manifest(corpus_path)
-    stop_at_eos = bool(man.get("fit_config", {}).get("append_eos"))
-    rows = load_rows(corpus_path, cfg.min_accuracy)
-    tr_idx, va_idx = split(rows, cfg.val_frac, cfg.seed)
-    train, val = rows.take(tr_idx), rows.take(va_idx)
-    run = Path(cfg.run_dir)
-    torch.manual_seed(cfg.seed)
-    backbone, tokenizer, bb_fp = load_backbone(enc_cfg.backbone)
-    meta = {"llm": frozen_llm_info(llm), "backbone": {"name": enc_cfg.backbone, "fingerprint": bb_fp},
-            "layout": layout.to_dict(), "stop_at_eos": stop_at_eos,
-            "corpus": {"path": str(Path(corpus_path).resolve()), "fingerprint": corpus_fingerprint(corpus_path),
-                       "train": len(train), "val": len(val), "val_ids": val.ids},
-            "train_config": cfg.to_dict()}
-    enc = Encoder(enc_cfg, backbone, tokenizer, llm.hidden_size, meta).to(llm.device)
-    with torch.no_grad():  # start at the mean proto-token: the untrained encoder is that baseline
-        enc.head.out_e.bias.copy_(train.e.mean(0))
-        enc.head.out_m.bias.copy_(train.m.mean(0))
-        enc.head.out_e.weight.mul_(0.1)
-        enc.head.out_m.weight.mul_(0.1)
-    params = [p for p in enc.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start, best = 0, -1.0
-    if cfg.resume:
-        start, best = _resume(run / "last", enc, opt)
-    tb = TensorBoardWriter(run / "tb")
-    g = random.Random(cfg.seed + start)
+
+def train_encoder(data: str | Path, cfg: TrainConfig, enc_cfg: EncoderConfig, *, llm: FrozenLLM,
+                  show_progress: bool = True) -> dict:
+    """The training loop: eval, save, step, log. Returns the final held-out figures, with the trained
+    encoder under "encoder"."""
     from rich.progress import Progress
 
+    from nar.evaluate import evaluate_encoder
+    from nar.monitor import TensorBoardWriter
+
+    layout, stop_at_eos = run_layout(llm, data)
+    stop_at_eos = stop_at_eos or cfg.append_eos
+    pairs = load_pairs(data, llm, cfg)
+    if cfg.val_data:
+        train, val = pairs, load_pairs(cfg.val_data, llm, cfg)
+    else:
+        tr_idx, va_idx = split(len(pairs), cfg.val_frac, cfg.seed)
+        train, val = pairs.take(tr_idx), pairs.take(va_idx)
+    if cfg.limit is not None and cfg.limit < len(train):
+        order = list(range(len(train)))
+        random.Random(cfg.seed).shuffle(order)
+        train = train.take(sorted(order[: cfg.limit]))
+    val_probe = val.take(list(range(min(cfg.val_limit, len(val)))))
+    run = Path(cfg.run_dir)
+    torch.manual_seed(cfg.seed)
+    reader = make_reader(enc_cfg, llm)
+    meta = {"llm": frozen_llm_info(llm), "reader": reader_info(enc_cfg, reader, llm),
+            "layout": layout.to_dict(), "stop_at_eos": stop_at_eos,
+            "data": {"train": str(data), "val": cfg.val_data, "train_texts": len(train), "val_texts": len(val),
+                     "stats": pairs.stats, "val_ids": [] if cfg.val_data else val.ids},
+            "train_config": cfg.to_dict()}
+    enc = Encoder(enc_cfg, reader, llm.hidden_size, meta).to(llm.device)
+    if train.e is not None:
+        enc.init_outputs(train.e.mean(0), train.m.mean(0))
+    else:
+        mean_tok = llm.model.get_input_embeddings().weight.detach().float().mean(0)
+        enc.init_outputs(mean_tok, mean_tok)
+    params = enc.trainable_parameters()
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    g = torch.Generator().manual_seed(cfg.seed)
+    start, best = 0, -1.0
+    if cfg.resume:
+        start, best = _resume(run / "last", enc, opt, g)
+    lengths = torch.tensor([len(x) for x in train.token_ids])
+    tb = TensorBoardWriter(run / "tb")
     last_val: dict = {}
     t0 = time.perf_counter()
+
+    def validate(step: int) -> None:
+        nonlocal last_val, best
+        last_val = evaluate_encoder(enc, llm, val_probe, layout, cfg.precision, stop_at_eos)
+        for k in ("token_acc", "exact_match", "distinct_share"):
+            tb.scalar(f"encoder/val_{k}", last_val[k], step)
+        if last_val["token_acc"] > best:
+            best = last_val["token_acc"]
+            enc.save_pretrained(run / "best", {"train_state": {"step": step, "val": last_val}})
+
     with Progress(disable=not show_progress) as prog:
         task = prog.add_task("train-encoder", total=cfg.steps, completed=start)
         for step in range(start, cfg.steps):
-            if step % cfg.val_every == 0 or step == cfg.steps - 1:
-                last_val = evaluate_encoder(enc, llm, val, layout, cfg.precision, stop_at_eos)
-                tb.scalar("encoder/val_token_acc", last_val["token_acc"], step)
-                tb.scalar("encoder/val_exact_match", last_val["exact_match"], step)
-                if last_val["token_acc"] > best:
-                    best = last_val["token_acc"]
-                    enc.save_pretrained(run / "best", {"train_state": {"step": step, "val": last_val}})
-            batch = train.take([g.randrange(len(train)) for _ in range(min(cfg.batch_size, len(train)))])
+            if step % cfg.val_every == 0:
+                validate(step)
+            if step > start and step % cfg.save_every == 0:
+                _save_last(run / "last", enc, opt, g, step, best)
+            batch = train.take(_sample(lengths, step, cfg, g))
             for pg in opt.param_groups:
-                pg["lr"] = _lr(step, cfg)
+                pg["lr"] = lr_at(step, cfg)
             enc.train()
             parts = losses(enc, llm, batch, layout, cfg)
             opt.zero_grad(set_to_none=True)
@@ -198,64 +251,41 @@ def train_encoder(corpus_path: str | Path, cfg: TrainConfig, enc_cfg: EncoderCon
             opt.step()
             for k, v in parts.items():
                 tb.scalar(f"encoder/loss_{k}", float(v.detach()), step)
-            tb.scalar("encoder/lr", _lr(step, cfg), step)
+            tb.scalar("encoder/lr", lr_at(step, cfg), step)
             prog.update(task, advance=1, description=f"train-encoder loss {float(parts['total'].detach()):.3f} "
                                                      f"val acc {last_val.get('token_acc', 0):.3f}")
-        final = evaluate_encoder(enc, llm, val, layout, cfg.precision, stop_at_eos)
-        if final["token_acc"] > best:
-            best = final["token_acc"]
-            enc.save_pretrained(run / "best", {"train_state": {"step": cfg.steps, "val": final}})
-        _save_last(run / "last", enc, opt, cfg.steps, best, final)
+        validate(cfg.steps)
+        _save_last(run / "last", enc, opt, g, cfg.steps, best)
     tb.close()
     return {"run_dir": str(run), "steps": cfg.steps, "train_texts": len(train), "val_texts": len(val),
-            "val": final, "best_val_token_acc": best, "seconds": round(time.perf_counter() - t0, 1)}
+            "data": pairs.stats, "val": last_val, "best_val_token_acc": best,
+            "seconds": round(time.perf_counter() - t0, 1), "encoder": enc}
 
 
-def _save_last(path: Path, enc: Encoder, opt, step: int, best: float, val: dict) -> None:
-    enc.save_pretrained(path, {"train_state": {"step": step, "best": best, "val": val}})
+def _save_last(path: Path, enc: Encoder, opt, g: torch.Generator, step: int, best: float) -> None:
+    """Weights, optimizer and RNG states (torch's global one drives dropout; `g` draws the batches)."""
+    from safetensors.torch import save_file
+
+    enc.save_pretrained(path, {"train_state": {"step": step, "best": best}})
     tmp = path / ".tmp-optimizer.pt"
     torch.save(opt.state_dict(), tmp)
     tmp.replace(path / "optimizer.pt")
+    tmp = path / ".tmp-rng.safetensors"
+    save_file({"torch": torch.get_rng_state(), "batches": g.get_state()}, str(tmp))
+    tmp.replace(path / "rng.safetensors")
 
 
-def _resume(path: Path, enc: Encoder, opt) -> tuple[int, float]:
+def _resume(path: Path, enc: Encoder, opt, g: torch.Generator) -> tuple[int, float]:
     from safetensors.torch import load_file
 
-    if not (path / "config.json").is_file():
-        raise NarError(f"nothing to resume: {path} holds no checkpoint")
+    need = ("config.json", "model.safetensors", "optimizer.pt", "rng.safetensors")
+    missing = [f for f in need if not (path / f).is_file()]
+    if missing:
+        raise NarError(f"cannot resume from {path}: missing {', '.join(missing)}")
     state = json.loads((path / "config.json").read_text())["train_state"]
-    weights = load_file(str(path / "model.safetensors"))
-    enc.head.load_state_dict({k[5:]: v for k, v in weights.items() if k.startswith("head.")})
-    bb = {k[9:]: v for k, v in weights.items() if k.startswith("backbone.")}
-    if bb:
-        enc.backbone.load_state_dict(bb)
+    enc.load_state_tensors(load_file(str(path / "model.safetensors")))
     opt.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    rng = load_file(str(path / "rng.safetensors"))
+    torch.set_rng_state(rng["torch"])
+    g.set_state(rng["batches"])
     return int(state["step"]), float(state["best"])
-
-
-def eval_encoder(checkpoint: str | Path, corpus_path: str | Path, *, llm: FrozenLLM, teacher=None,
-                 precision: str = "bf16") -> dict:
-    """Token accuracy and exact match on train and validation rows: the encoder and both baselines."""
-    from nar.teacher import load_teacher
-
-    enc = Encoder.from_pretrained(checkpoint, device=llm.device)
-    enc.check_llm(llm)
-    meta = enc.meta
-    rows = load_rows(corpus_path, meta["train_config"]["min_accuracy"])
-    val_ids = set(meta["corpus"]["val_ids"])
-    va = [i for i, k in enumerate(rows.ids) if k in val_ids]
-    tr = [i for i, k in enumerate(rows.ids) if k not in val_ids]
-    if not va:
-        raise NarError("none of the checkpoint's validation ids are in this corpus")
-    train, val = rows.take(tr), rows.take(va)
-    layout, stop = enc.layout, bool(meta.get("stop_at_eos"))
-    teacher = teacher or load_teacher(meta["backbone"]["name"])
-    out = []
-    for split_name, part, loo in (("train", train, True), ("val", val, False)):
-        out.append({"split": split_name, "method": "encoder", "texts": len(part),
-                    **evaluate_encoder(enc, llm, part, layout, precision, stop)})
-        out.append({"split": split_name, "method": "nearest neighbour", "texts": len(part),
-                    **baseline_nearest(train, part, llm, layout, precision, stop, teacher, exclude_self=loo)})
-        out.append({"split": split_name, "method": "mean proto-token", "texts": len(part),
-                    **baseline_mean(train, part, llm, layout, precision, stop)})
-    return {"checkpoint": str(checkpoint), "corpus": str(corpus_path), "rows": out}

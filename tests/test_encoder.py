@@ -9,13 +9,23 @@ from nar.build import build_corpus
 from nar.config import BuildConfig, EncoderConfig, FitConfig, TrainConfig
 from nar.encoder import Encoder
 from nar.errors import NarError
+from nar.evaluate import eval_encoder, score
 from nar.generate import generate
-from nar.train import eval_encoder, train_encoder
+from nar.train import train_encoder
 
 from .conftest import TINY_CORPUS, build_tiny_llm
 
 FIT = dict(precision="fp32", lr=5e-2, max_steps=300, num_slots=8)
 ENC = EncoderConfig(d_model=64, layers=1, heads=4, dropout=0.0, max_len=16)
+RUN = dict(batch_size=8, lr=3e-3, warmup=5, precision="fp32", max_tokens=16)
+
+
+@pytest.fixture(scope="module")
+def texts_file(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ae")
+    (d / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in TINY_CORPUS[:10]))
+    (d / "dev.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in TINY_CORPUS[10:]))
+    return d
 
 
 @pytest.fixture(scope="module")
@@ -30,84 +40,185 @@ def pair_corpus(tiny_llm, teacher, tmp_path_factory):
     return out
 
 
-def test_encoder_trains_reloads_and_generates(tiny_llm, pair_corpus, tmp_path):
-    before = {k: v.clone() for k, v in tiny_llm.model.state_dict().items()}
-    cfg = TrainConfig(run_dir=str(tmp_path / "run"), steps=40, batch_size=8, lr=3e-3, warmup=5, val_every=20,
-                      precision="fp32", val_frac=0.2)
-    losses = []
+def _losses_spy(monkeypatch):
     import nar.monitor as mon
 
+    seen: list[float] = []
     orig = mon.TensorBoardWriter.scalar
 
     def spy(self, tag, value, step):
         if tag == "encoder/loss_total":
-            losses.append(value)
+            seen.append(value)
         orig(self, tag, value, step)
 
-    mon.TensorBoardWriter.scalar = spy
-    try:
-        res = train_encoder(pair_corpus, cfg, ENC, llm=tiny_llm, show_progress=False)
-        assert res["val_texts"] >= 1
-    finally:
-        mon.TensorBoardWriter.scalar = orig
+    monkeypatch.setattr(mon.TensorBoardWriter, "scalar", spy)
+    return seen
+
+
+def test_amortised_training_from_texts(tiny_llm, texts_file, tmp_path, monkeypatch):
+    """No corpus: CE through the frozen LLM alone trains the encoder; the LLM never changes; the checkpoint
+    reloads to exactly the trained encoder."""
+    before = {k: v.clone() for k, v in tiny_llm.model.state_dict().items()}
+    losses = _losses_spy(monkeypatch)
+    cfg = TrainConfig(run_dir=str(tmp_path / "run"), steps=40, val_every=20, save_every=20,
+                      val_data=str(texts_file / "dev.jsonl"), **RUN)
+    res = train_encoder(texts_file / "train.jsonl", cfg, ENC, llm=tiny_llm, show_progress=False)
+    assert res["train_texts"] == 10 and res["val_texts"] == 3
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
     assert all(torch.equal(before[k], v) for k, v in tiny_llm.model.state_dict().items())
-    assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
-    assert (tmp_path / "run" / "last" / "optimizer.pt").is_file()
-    # reload -> identical predictions
-    a = Encoder.from_pretrained(tmp_path / "run" / "last")
-    b = Encoder.from_pretrained(tmp_path / "run" / "last")
-    src = ["say: the cat sat on the mat", "say: birds sing in the morning"]
-    ea, ma, na = a.predict(src)
-    eb, mb, nb = b.predict(src)
-    assert torch.equal(ea, eb) and torch.equal(ma, mb) and na == nb
-    rows = generate(a, tiny_llm, src, precision="fp32", compare_ar=True, chat=False)
-    assert [r["source"] for r in rows] == src and all(isinstance(r["output"], str) for r in rows)
-    assert all({"seconds", "ar_output", "ar_seconds", "agreement"} <= set(r) for r in rows)
-    ev = eval_encoder(tmp_path / "run", pair_corpus, llm=tiny_llm, precision="fp32")
+    for f in ("model.safetensors", "config.json", "optimizer.pt", "rng.safetensors"):
+        assert (tmp_path / "run" / "last" / f).is_file()
+    trained = res["encoder"]
+    loaded = Encoder.from_pretrained(tmp_path / "run" / "last", llm=tiny_llm)
+    src = ["the cat sat on the mat", "birds sing in the morning"]
+    for x, y in zip(trained.predict(src), loaded.predict(src)):
+        assert (torch.equal(x, y) if torch.is_tensor(x) else x == y)
+
+
+def test_resume_is_bit_for_bit(tiny_llm, texts_file, tmp_path, monkeypatch):
+    """A run killed after its step-20 checkpoint and resumed ends with the same weights as one never killed."""
+    import nar.train as train_mod
+
+    kw = dict(steps=30, val_every=1000, save_every=10, val_data=str(texts_file / "dev.jsonl"), **RUN)
+    enc = EncoderConfig(**{**ENC.to_dict(), "dropout": 0.1})  # dropout draws from the global RNG
+    whole = train_encoder(texts_file / "train.jsonl", TrainConfig(run_dir=str(tmp_path / "a"), **kw), enc,
+                          llm=tiny_llm, show_progress=False)["encoder"]
+    real, calls = train_mod.losses, {"n": 0}
+
+    def dies_at_21(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 21:
+            raise KeyboardInterrupt("killed")
+        return real(*a, **k)
+
+    monkeypatch.setattr(train_mod, "losses", dies_at_21)
+    with pytest.raises(KeyboardInterrupt):
+        train_encoder(texts_file / "train.jsonl", TrainConfig(run_dir=str(tmp_path / "b"), **kw), enc, llm=tiny_llm,
+                      show_progress=False)
+    monkeypatch.setattr(train_mod, "losses", real)
+    state = json.loads((tmp_path / "b" / "last" / "config.json").read_text())["train_state"]
+    assert state["step"] == 20
+    resumed = train_encoder(texts_file / "train.jsonl", TrainConfig(run_dir=str(tmp_path / "b"), resume=True, **kw),
+                            enc, llm=tiny_llm, show_progress=False)["encoder"]
+    a, b = whole.state_tensors(), resumed.state_tensors()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("extra", [dict(n_e=3), dict(pos_codes=True), dict(lora_rank=2)])
+def test_layout_and_reader_levers(tiny_llm, texts_file, tmp_path, extra):
+    """k e-vectors, position codes and a LoRA reader: they train, round-trip exactly and generate."""
+    ecfg = EncoderConfig(**{**ENC.to_dict(), **extra})
+    cfg = TrainConfig(run_dir=str(tmp_path / "run"), steps=6, val_every=1000, save_every=1000,
+                      val_data=str(texts_file / "dev.jsonl"), **RUN)
+    res = train_encoder(texts_file / "train.jsonl", cfg, ecfg, llm=tiny_llm, show_progress=False)
+    trained = res["encoder"]
+    e, m, n = trained.predict(["the cat sat on the mat"])
+    assert e.shape == ((1, 3, tiny_llm.hidden_size) if extra.get("n_e") else (1, tiny_llm.hidden_size))
+    if extra.get("pos_codes"):
+        assert trained.pos_codes is not None and trained.pos_codes.abs().sum() > 0  # the codes were trained
+    if extra.get("lora_rank"):
+        lora = [k for k in trained.state_tensors() if "lora" in k]
+        assert lora and any(trained.state_tensors()[k].abs().sum() > 0 for k in lora if "lora_B" in k)
+    loaded = Encoder.from_pretrained(tmp_path / "run" / "last", llm=tiny_llm)
+    e2, m2, n2 = loaded.predict(["the cat sat on the mat"])
+    assert torch.equal(e, e2) and torch.equal(m, m2) and n == n2
+    rows = generate(loaded, tiny_llm, ["the cat sat on the mat"], precision="fp32")
+    assert isinstance(rows[0]["output"], str)
+
+
+def test_scores_expose_repetition(tiny_llm):
+    tok = tiny_llm.tokenizer
+    tgt = [tiny_llm.encode("the cat sat on the mat")]
+    perfect = score(tgt, tgt, tok)
+    assert perfect["token_acc"] == 1 and perfect["exact_match"] == 1
+    assert perfect["one_minus_wer"] == pytest.approx(1) and perfect["chrf"] == pytest.approx(1)
+    the = tiny_llm.encode("the")[0]
+    collapsed = score([[the] * 6], tgt, tok)
+    assert collapsed["distinct_share"] == pytest.approx(1 / 6) and collapsed["exact_match"] == 0
+    assert collapsed["target_distinct_share"] == pytest.approx(5 / 6)
+    assert 0 < collapsed["token_acc"] < 1 and collapsed["chrf"] < perfect["chrf"]
+
+
+def test_eval_encoder_reports_baselines(tiny_llm, teacher, texts_file, tmp_path):
+    cfg = TrainConfig(run_dir=str(tmp_path / "run"), steps=4, val_every=1000, save_every=1000,
+                      val_data=str(texts_file / "dev.jsonl"), **RUN)
+    train_encoder(texts_file / "train.jsonl", cfg, ENC, llm=tiny_llm, show_progress=False)
+    ev = eval_encoder(tmp_path / "run" / "last", llm=tiny_llm, teacher=teacher, precision="fp32")
     methods = {(r["split"], r["method"]) for r in ev["rows"]}
-    assert ("val", "encoder") in methods and ("val", "nearest neighbour") in methods
-    assert ("train", "mean proto-token") in methods
-    # resume continues from the last step
-    cfg2 = TrainConfig(**{**cfg.to_dict(), "steps": 50, "resume": True})
-    assert train_encoder(pair_corpus, cfg2, ENC, llm=tiny_llm, show_progress=False)["steps"] == 50
+    assert methods == {(s, m) for s in ("held-out", "train")
+                       for m in ("encoder", "nearest neighbour", "position mode")}
+    held = [r for r in ev["rows"] if r["split"] == "held-out"]
+    assert all(r["texts"] == 3 for r in held)
+    enc = next(r for r in held if r["method"] == "encoder")
+    assert sum(b["texts"] for b in enc["by_length"]) == 3
+    # evaluating on the training file is refused: held out means unseen
+    with pytest.raises(NarError, match="training texts"):
+        eval_encoder(tmp_path / "run" / "last", llm=tiny_llm, teacher=teacher, data=str(texts_file / "train.jsonl"))
 
 
-def test_encoder_can_overfit_a_handful(tiny_llm, pair_corpus, tmp_path):
-    cfg = TrainConfig(run_dir=str(tmp_path / "run"), steps=250, batch_size=8, lr=3e-3, warmup=10, val_every=1000,
-                      precision="fp32", val_frac=0.1, w_reg=0.1)
-    train_encoder(pair_corpus, cfg, ENC, llm=tiny_llm, show_progress=False)
-    ev = eval_encoder(tmp_path / "run" / "last", pair_corpus, llm=tiny_llm, precision="fp32")
+def test_corpus_regression_can_overfit_a_handful(tiny_llm, pair_corpus, tmp_path):
+    """From a corpus folder the fitted proto-tokens add a regression target; a handful is learned."""
+    cfg = TrainConfig(run_dir=str(tmp_path / "run"), steps=250, val_every=1000, save_every=1000, val_frac=0.1,
+                      w_reg=0.1, **{**RUN, "max_tokens": 32})
+    res = train_encoder(pair_corpus, cfg, ENC, llm=tiny_llm, show_progress=False)
+    ev = eval_encoder(tmp_path / "run" / "last", llm=tiny_llm, precision="fp32")
     enc_train = next(r for r in ev["rows"] if r["split"] == "train" and r["method"] == "encoder")
-    mean_train = next(r for r in ev["rows"] if r["split"] == "train" and r["method"] == "mean proto-token")
-    assert enc_train["token_acc"] >= 0.8 and enc_train["token_acc"] > mean_train["token_acc"]
+    mode_train = next(r for r in ev["rows"] if r["split"] == "train" and r["method"] == "position mode")
+    assert res["train_texts"] == 12
+    assert enc_train["token_acc"] >= 0.8 and enc_train["token_acc"] > mode_train["token_acc"]
 
 
-def test_fingerprint_mismatch_and_bad_sources(tiny_llm, pair_corpus, tmp_path):
-    cfg = TrainConfig(run_dir=str(tmp_path / "run"), steps=2, batch_size=4, val_every=1000, precision="fp32")
-    train_encoder(pair_corpus, cfg, ENC, llm=tiny_llm, show_progress=False)
-    enc = Encoder.from_pretrained(tmp_path / "run")
+def test_fingerprint_mismatch_and_bad_sources(tiny_llm, texts_file, tmp_path):
+    cfg = TrainConfig(run_dir=str(tmp_path / "run"), steps=2, val_every=1000, save_every=1000,
+                      val_data=str(texts_file / "dev.jsonl"), **RUN)
+    res = train_encoder(texts_file / "train.jsonl", cfg, ENC, llm=tiny_llm, show_progress=False)
     from nar.llm import load_llm
 
     other = load_llm(str(build_tiny_llm(tmp_path / "other", seed=3)), device="cpu")
     with pytest.raises(NarError, match="trained for LLM"):
-        generate(enc, other, ["say: hi"])
+        Encoder.from_pretrained(tmp_path / "run", llm=other)
+    with pytest.raises(NarError, match="trained for LLM"):
+        generate(res["encoder"], other, ["hi"])
     with pytest.raises(NarError, match="empty source"):
-        generate(enc, tiny_llm, ["  "])
+        generate(res["encoder"], tiny_llm, ["  "])
+    (tmp_path / "run" / "last" / "model.safetensors").unlink()
+    with pytest.raises(NarError, match="incomplete"):
+        Encoder.from_pretrained(tmp_path / "run" / "last", llm=tiny_llm)
+    with pytest.raises(NarError, match="missing model.safetensors"):
+        train_encoder(texts_file / "train.jsonl", TrainConfig(**{**cfg.to_dict(), "resume": True}), ENC, llm=tiny_llm,
+                      show_progress=False)
 
 
-def test_generate_cli_json(tiny_path, tiny_llm, pair_corpus, tmp_path):
-    cfg = TrainConfig(run_dir=str(tmp_path / "run"), steps=2, batch_size=4, val_every=1000, precision="fp32")
-    train_encoder(pair_corpus, cfg, ENC, llm=tiny_llm, show_progress=False)
+def test_train_and_generate_cli_json(tiny_path, texts_file, tmp_path):
+    run = tmp_path / "run"
+    r = CliRunner().invoke(app, ["train-encoder", str(texts_file / "train.jsonl"), "--val-data",
+                                 str(texts_file / "dev.jsonl"), "--run-dir", str(run), "--model", str(tiny_path),
+                                 "--steps", "3", "--d-model", "64", "--layers", "1", "--precision", "fp32", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["steps"] == 3
     src = tmp_path / "src.txt"
-    src.write_text("say: the cat\nsay: birds sing\n")
-    r = CliRunner().invoke(app, ["generate", str(tmp_path / "run"), "--input", str(src), "--model", str(tiny_path),
+    src.write_text("the cat\nbirds sing\nthe sun is warm\n")
+    r = CliRunner().invoke(app, ["generate", str(run), "--input", str(src), "--model", str(tiny_path),
                                  "--precision", "fp32", "--json", "--output", str(tmp_path / "o.jsonl")])
     assert r.exit_code == 0, r.output
     objs = [json.loads(x) for x in r.stdout.strip().splitlines()]
-    assert [o["source"] for o in objs] == ["say: the cat", "say: birds sing"]
+    assert [o["source"] for o in objs] == ["the cat", "birds sing", "the sun is warm"]
     assert all({"source", "output", "seconds"} <= set(o) for o in objs)
-    assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 2
+    assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 3
+
+
+def test_make_data_stsb(tmp_path):
+    from nar.data import stsb_sentences
+
+    head = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+    (tmp_path / "train.tsv").write_text(head + "0\tg\tf\ty\t1\ts\ts\tA cat sits.\tA dog runs.\t1.0\n"
+                                               "1\tg\tf\ty\t2\ts\ts\tA cat sits.\tBirds \"sing\".\t2.0\n")
+    (tmp_path / "dev.tsv").write_text(head + "0\tg\tf\ty\t1\ts\ts\tA dog runs.\tRain falls.\t1.0\n")
+    res = stsb_sentences(tmp_path, tmp_path / "out")
+    assert res["train"] == 3 and res["dev"] == 1  # duplicates dropped; dev keeps only unseen sentences
+    dev = [json.loads(x)["text"] for x in (tmp_path / "out" / "stsb-dev.jsonl").read_text().splitlines()]
+    train = [json.loads(x)["text"] for x in (tmp_path / "out" / "stsb-train.jsonl").read_text().splitlines()]
+    assert dev == ["Rain falls."] and 'Birds "sing".' in train
 
 
 def test_warm_start_from_encoder(tiny_llm, teacher, pair_corpus, tmp_path, monkeypatch):
@@ -115,12 +226,13 @@ def test_warm_start_from_encoder(tiny_llm, teacher, pair_corpus, tmp_path, monke
     import nar.build as build
     from nar.build import encoder_init
 
-    cfg = TrainConfig(run_dir=str(tmp_path / "run"), steps=5, batch_size=4, val_every=1000, precision="fp32")
-    train_encoder(pair_corpus, cfg, ENC, llm=tiny_llm, show_progress=False)
+    cfg = TrainConfig(run_dir=str(tmp_path / "run"), steps=5, val_every=1000, save_every=1000,
+                      **{**RUN, "max_tokens": 32})
+    trained = train_encoder(pair_corpus, cfg, ENC, llm=tiny_llm, show_progress=False)["encoder"]
     rows = [{"id": f"n{i}", "source": f"repeat: {t}", "target": t} for i, t in enumerate(["a new text", "another"])]
     src = tmp_path / "new.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    e_ref, m_ref, _ = Encoder.from_pretrained(tmp_path / "run").predict([r["source"] for r in rows])
+    e_ref, m_ref, _ = trained.predict([r["source"] for r in rows])
     seen = {}
     real = build.fit_stream
 
@@ -130,15 +242,14 @@ def test_warm_start_from_encoder(tiny_llm, teacher, pair_corpus, tmp_path, monke
 
     monkeypatch.setattr(build, "fit_stream", spy)
     bcfg = BuildConfig(input=str(src), out=str(tmp_path / "c"), source_column="source", target_column="target",
-                       rd_weight=0.0, warm_start="encoder", warm_start_encoder=str(tmp_path / "run"))
+                       rd_weight=0.0, warm_start="encoder", warm_start_encoder=str(tmp_path / "run" / "last"))
     run = build_corpus(bcfg, FitConfig(**{**FIT, "max_steps": 20}, append_eos=True), llm=tiny_llm, teacher=teacher,
                        show_progress=False)
     assert run["fitted"] == 2
     for i, r in enumerate(rows):
         torch.testing.assert_close(seen[r["id"]][0], e_ref[i])
         torch.testing.assert_close(seen[r["id"]][1], m_ref[i])
-    # the encoder must predict for the layout being fitted, and the option needs its path
     with pytest.raises(NarError, match="layout"):
-        encoder_init(tmp_path / "run", tiny_llm, FitConfig(**FIT, prefix="none"), ["x"])
+        encoder_init(tmp_path / "run" / "last", tiny_llm, FitConfig(**FIT, prefix="none"), ["x"])
     with pytest.raises(NarError, match="warm-start-encoder"):
         BuildConfig(input=str(src), out=str(tmp_path / "d"), warm_start="encoder")

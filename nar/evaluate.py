@@ -1,0 +1,159 @@
+"""Evaluating one-pass generation from predicted proto-tokens, beside the baselines a user would pick instead.
+
+Metrics (per text, averaged; corpus-level for WER and chrF):
+  token_acc       fraction of target positions whose one-pass token matches (a missing token is wrong)
+  exact_match     the whole output equals the target
+  one_minus_wer   1 - word error rate of the detokenised output (jiwer)
+  chrf            chrF of the detokenised output (sacrebleu), in [0, 1]
+  distinct_share  distinct tokens / tokens of each output: "the the the ..." scores low; compare with the
+                  targets' own share (`target_distinct_share`)
+
+Baselines:
+  nearest neighbour  the training text whose source is closest to the query's source by the teacher's sentence
+                     embedding (FAISS, cosine) -> that text's target, as is (retrieval: what a user would do
+                     without a generator); on training texts the text itself is excluded
+  position mode      the most frequent training target token at each position, at the true length (what an
+                     encoder collapsed to position statistics produces at best)
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+import torch.nn.functional as F
+
+from nar.decode import decode_ids, token_accuracy
+from nar.llm import FrozenLLM, Layout
+
+BUCKETS = ((1, 8), (9, 12), (13, 16), (17, 32), (33, 10_000))
+
+
+def strip_eos(ids: list[int], eos: int | None, stop_at_eos: bool) -> list[int]:
+    return ids[:-1] if stop_at_eos and ids and ids[-1] == eos else ids
+
+
+def score(pred: list[list[int]], targets: list[list[int]], tokenizer) -> dict[str, float]:
+    """Every metric of the module docstring for predicted vs target token ids."""
+    import jiwer
+    import sacrebleu
+
+    if not targets:
+        return {"texts": 0}
+    accs = [token_accuracy(p, t) for p, t in zip(pred, targets)]
+    hyp = [tokenizer.decode(p, skip_special_tokens=True).strip() for p in pred]
+    ref = [tokenizer.decode(t, skip_special_tokens=True).strip() for t in targets]
+    pairs = [(r, h) for r, h in zip(ref, hyp) if r]
+    wer = jiwer.wer([r for r, _ in pairs], [h or "<empty>" for _, h in pairs]) if pairs else 1.0
+    def distinct(ids):
+        return (len(set(ids)) / len(ids) if ids else 0.0)
+    return {"texts": len(targets), "token_acc": sum(accs) / len(accs),
+            "exact_match": sum(p == t for p, t in zip(pred, targets)) / len(targets),
+            "one_minus_wer": 1.0 - wer, "chrf": sacrebleu.corpus_chrf(hyp, [ref]).score / 100,
+            "distinct_share": sum(distinct(p) for p in pred) / len(pred),
+            "target_distinct_share": sum(distinct(t) for t in targets) / len(targets)}
+
+
+def by_length(pred: list[list[int]], targets: list[list[int]]) -> list[dict]:
+    """Token accuracy and exact match per target-length bucket."""
+    out = []
+    for lo, hi in BUCKETS:
+        idx = [i for i, t in enumerate(targets) if lo <= len(t) <= hi]
+        if idx:
+            out.append({"tokens": f"{lo}-{hi}" if hi < 10_000 else f">={lo}", "texts": len(idx),
+                        "token_acc": sum(token_accuracy(pred[i], targets[i]) for i in idx) / len(idx),
+                        "exact_match": sum(pred[i] == targets[i] for i in idx) / len(idx)})
+    return out
+
+
+@torch.no_grad()
+def encoder_outputs(enc, llm: FrozenLLM, sources: list[str], layout: Layout, precision: str, stop_at_eos: bool,
+                    batch_size: int = 32) -> list[list[int]]:
+    """One-pass token ids for each source: encoder -> (e, m, N) -> one forward pass."""
+    with llm.autocast(precision):
+        e, m, n = enc.predict(sources, batch_size)
+    return decode_ids(llm, e, m, n, layout, precision=precision, stop_at_eos=stop_at_eos, pos=enc.pos_codes)
+
+
+def evaluate_encoder(enc, llm: FrozenLLM, pairs, layout: Layout, precision: str, stop_at_eos: bool,
+                     with_buckets: bool = False) -> dict:
+    """The metrics of the encoder's one-pass outputs on `pairs` (a nar.train.Pairs)."""
+    pred = encoder_outputs(enc, llm, pairs.sources, layout, precision, stop_at_eos)
+    tg = [strip_eos(t, llm.eos_id, stop_at_eos) for t in pairs.token_ids]
+    out = score(pred, tg, llm.tokenizer)
+    if with_buckets:
+        out["by_length"] = by_length(pred, tg)
+    return out
+
+
+def nearest_neighbour(train, pairs, teacher, exclude_self: bool) -> list[list[int]]:
+    """The target ids of each query's nearest training source (teacher embedding, cosine)."""
+    from nar.index import make_faiss_index
+
+    tv = F.normalize(teacher.encode(train.sources), dim=-1).numpy()
+    q = F.normalize(teacher.encode(pairs.sources), dim=-1).numpy()
+    _, idx = make_faiss_index(tv, "flat").search(q, 2 if exclude_self else 1)
+    out = []
+    for j, row in enumerate(idx):
+        cand = [int(i) for i in row if not (exclude_self and train.ids[int(i)] == pairs.ids[j])]
+        out.append(train.token_ids[cand[0]])
+    return out
+
+
+def position_mode(train, pairs) -> list[list[int]]:
+    width = max(len(t) for t in train.token_ids)
+    mode = [Counter(t[i] for t in train.token_ids if len(t) > i).most_common(1)[0][0] for i in range(width)]
+    return [[mode[min(i, width - 1)] for i in range(len(t))] for t in pairs.token_ids]
+
+
+def baselines(train, pairs, llm: FrozenLLM, teacher, stop_at_eos: bool, exclude_self: bool) -> dict[str, dict]:
+    tg = [strip_eos(t, llm.eos_id, stop_at_eos) for t in pairs.token_ids]
+    out = {}
+    for name, pred in (("nearest neighbour", nearest_neighbour(train, pairs, teacher, exclude_self)),
+                       ("position mode", position_mode(train, pairs))):
+        pred = [strip_eos(p, llm.eos_id, stop_at_eos) for p in pred]
+        out[name] = {**score(pred, tg, llm.tokenizer), "by_length": by_length(pred, tg)}
+    return out
+
+
+def eval_encoder(checkpoint, *, llm: FrozenLLM, data=None, teacher=None, precision: str = "bf16",
+                 limit: int | None = None) -> dict:
+    """The encoder beside both baselines on held-out texts (the checkpoint's own, or `data`) and on as many
+    training texts, with length buckets."""
+    import random
+
+    from nar.config import TrainConfig
+    from nar.encoder import Encoder
+    from nar.errors import NarError
+    from nar.teacher import load_teacher
+    from nar.train import load_pairs, split
+
+    enc = Encoder.from_pretrained(checkpoint, llm=llm)
+    meta = enc.meta
+    tcfg = TrainConfig(**{k: v for k, v in meta["train_config"].items() if k in TrainConfig.__dataclass_fields__})
+    layout, stop = enc.layout, bool(meta.get("stop_at_eos"))
+    pairs = load_pairs(meta["data"]["train"], llm, tcfg)
+    if tcfg.val_data:
+        train, held = pairs, load_pairs(tcfg.val_data, llm, tcfg)
+    else:
+        tr, va = split(len(pairs), tcfg.val_frac, tcfg.seed)
+        train, held = pairs.take(tr), pairs.take(va)
+    if data is not None:
+        held = load_pairs(data, llm, tcfg)
+    overlap = set(held.ids) & set(train.ids)
+    if overlap and data is not None:
+        raise NarError(f"{len(overlap)} of the evaluation texts are training texts; evaluate on held-out data")
+    n = min(len(held), limit or len(held))
+    held = held.take(list(range(n)))
+    tr_idx = list(range(len(train)))
+    random.Random(0).shuffle(tr_idx)
+    train_probe = train.take(sorted(tr_idx[:n]))
+    teacher = teacher or load_teacher()
+    rows = []
+    for name, part, loo in (("held-out", held, False), ("train", train_probe, True)):
+        rows.append({"split": name, "method": "encoder",
+                     **evaluate_encoder(enc, llm, part, layout, precision, stop, with_buckets=True)})
+        for method, res in baselines(train, part, llm, teacher, stop, loo).items():
+            rows.append({"split": name, "method": method, **res})
+    return {"checkpoint": str(checkpoint), "held_out": data or tcfg.val_data or "val split of the training data",
+            "rows": rows}

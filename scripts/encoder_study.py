@@ -1,0 +1,61 @@
+"""One lever of the encoder study (docs/ENCODER.md): amortised autoencoding of STS-B train sentences,
+held-out STS-B dev sentences, everything else at the study's defaults.
+
+    python scripts/encoder_study.py NAME [field=value ...]     # fields of EncoderConfig or TrainConfig
+
+Writes out/study/NAME/ (the run) and appends one JSON line to out/study/results.jsonl. Make the data first:
+`nar make-data stsb` (out/data/stsb-{train,dev}.jsonl).
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from nar.config import EncoderConfig, TrainConfig
+from nar.evaluate import eval_encoder
+from nar.llm import load_llm
+from nar.train import train_encoder
+
+STUDY = dict(val_data="out/data/stsb-dev.jsonl", max_tokens=16, steps=800, val_every=200, save_every=200,
+             val_limit=200, batch_size=16)
+
+
+def parse(v: str):
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(v.lower(), v)
+
+
+def main() -> None:
+    name, overrides = sys.argv[1], dict(a.split("=", 1) for a in sys.argv[2:])
+    overrides = {k: parse(v) for k, v in overrides.items()}
+    enc_f, tr_f = set(EncoderConfig.__dataclass_fields__), set(TrainConfig.__dataclass_fields__)
+    bad = set(overrides) - enc_f - tr_f
+    if bad:
+        sys.exit(f"unknown fields {sorted(bad)}")
+    data = overrides.pop("data", "out/data/stsb-train.jsonl") if "data" in overrides else "out/data/stsb-train.jsonl"
+    run = Path("out/study") / name
+    tcfg = TrainConfig(**{**STUDY, "run_dir": str(run), **{k: v for k, v in overrides.items() if k in tr_f}})
+    ecfg = EncoderConfig(**{k: v for k, v in overrides.items() if k in enc_f})
+    llm = load_llm()
+    t0 = time.time()
+    res = train_encoder(data, tcfg, ecfg, llm=llm, show_progress=sys.stderr.isatty())
+    ev = eval_encoder(run / "last", llm=llm, limit=500)
+    enc_rows = {r["split"]: r for r in ev["rows"] if r["method"] == "encoder"}
+    line = {"name": name, "overrides": overrides, "steps": tcfg.steps, "train_texts": res["train_texts"],
+            "periodic_best": res["best_val_token_acc"], "held_out_500": enc_rows["held-out"],
+            "train_500": enc_rows["train"], "baselines_held_out": {
+                r["method"]: r for r in ev["rows"]
+                if r["split"] == "held-out" and r["method"] != "encoder"},
+            "minutes": round((time.time() - t0) / 60, 1)}
+    with open("out/study/results.jsonl", "a") as f:
+        f.write(json.dumps(line) + "\n")
+    print(json.dumps({k: line[k] for k in ("name", "minutes", "held_out_500")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
