@@ -256,6 +256,9 @@ def make_pairs_cmd(
     max_new_tokens: int = typer.Option(32, help="Longest continuation, in tokens."),
     chat: bool = typer.Option(True, help="Wrap each prompt in the model's chat template."),
     batch_size: int = typer.Option(8, help="Prompts generated at once."),
+    column: str = typer.Option("prompt", help="Field of a .jsonl input holding the prompt."),
+    template: str = typer.Option("{}", help="Wraps each prompt: '{}' is replaced by it (e.g. 'Paraphrase: {}')."),
+    limit: int | None = typer.Option(None, help="Use only the first N prompts."),
     device: str = typer.Option("auto", help="'auto', 'cpu', 'cuda', ..."),
     as_json: bool = typer.Option(False, "--json", help="Print a summary as one JSON object."),
 ) -> None:
@@ -264,7 +267,8 @@ def make_pairs_cmd(
     from nar.pairs import make_pairs
 
     summary = make_pairs(prompts, out, model=model, max_new_tokens=max_new_tokens, chat=chat,
-                         batch_size=batch_size, device=device, show_progress=not as_json)
+                         batch_size=batch_size, device=device, column=column, template=template, limit=limit,
+                         show_progress=not as_json)
     if as_json:
         print_json(summary)
     else:

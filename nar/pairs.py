@@ -15,8 +15,8 @@ from nar.errors import NarError
 from nar.llm import FrozenLLM, load_llm
 
 
-def read_prompts(path: Path) -> list[tuple[str, str]]:
-    """(id, prompt) from .jsonl with a 'prompt' field (and optional 'id'), or one prompt per line."""
+def read_prompts(path: Path, column: str = "prompt") -> list[tuple[str, str]]:
+    """(id, prompt) from .jsonl with a `column` field (and optional 'id'), or one prompt per line."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -28,9 +28,9 @@ def read_prompts(path: Path) -> list[tuple[str, str]]:
         if str(path).endswith(".jsonl"):
             try:
                 obj = json.loads(line)
-                out.append((str(obj.get("id", f"p{k}")), obj["prompt"]))
+                out.append((str(obj.get("id", f"p{k}")), obj[column]))
             except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-                raise NarError(f"{path}:{k}: expected a JSON object with a 'prompt' field") from exc
+                raise NarError(f"{path}:{k}: expected a JSON object with a {column!r} field") from exc
         else:
             out.append((f"p{k}", line.strip()))
     if not out:
@@ -52,9 +52,15 @@ def prompt_ids(llm: FrozenLLM, prompt: str, chat: bool) -> list[int]:
 
 def make_pairs(prompts: Path, out: Path, *, model: str | FrozenLLM = "smollm2-135m-instruct",
                max_new_tokens: int = 32, chat: bool = True, batch_size: int = 8, device: str = "auto",
+               column: str = "prompt", template: str = "{}", limit: int | None = None,
                show_progress: bool = True) -> dict:
-    """Write {id, source, target, n_tokens, hit_limit} per prompt to `out` (.jsonl); returns a summary."""
-    rows = read_prompts(prompts)
+    """Write {id, source, target, n_tokens, hit_limit} per prompt to `out` (.jsonl); returns a summary.
+
+    `template` wraps each prompt ("Paraphrase: {}" turns sentences into a paraphrasing task); `limit` keeps
+    the first prompts only."""
+    if "{}" not in template:
+        raise NarError(f"template {template!r} has no {{}} for the prompt")
+    rows = [(i, template.replace("{}", p)) for i, p in read_prompts(prompts, column)][:limit]
     llm = model if isinstance(model, FrozenLLM) else load_llm(model, device=device)
     t0 = time.perf_counter()
     from rich.progress import Progress
