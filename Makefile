@@ -41,7 +41,7 @@ demo: setup
 # The shipped autoencoder checkpoint (docs/ENCODER.md): amortised training on STS-B train sentences,
 # held-out STS-B dev sentences; `make stsb-autoencoder` rebuilds it into checkpoints/stsb-autoencoder.
 ENCODER_RECIPE := --max-tokens 16
-ENCODER_STEPS := 2000
+ENCODER_STEPS := 500
 stsb-autoencoder: setup
 	HF_HUB_OFFLINE=1 $(BIN)/nar make-data --stsb $(STSB) --out out/data
 	HF_HUB_OFFLINE=1 $(BIN)/nar train-encoder out/data/stsb-train.jsonl --val-data out/data/stsb-dev.jsonl \

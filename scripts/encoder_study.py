@@ -33,11 +33,11 @@ def parse(v: str):
 def main() -> None:
     name, overrides = sys.argv[1], dict(a.split("=", 1) for a in sys.argv[2:])
     overrides = {k: parse(v) for k, v in overrides.items()}
+    data = overrides.pop("data", "out/data/stsb-train.jsonl")
     enc_f, tr_f = set(EncoderConfig.__dataclass_fields__), set(TrainConfig.__dataclass_fields__)
     bad = set(overrides) - enc_f - tr_f
     if bad:
         sys.exit(f"unknown fields {sorted(bad)}")
-    data = overrides.pop("data", "out/data/stsb-train.jsonl") if "data" in overrides else "out/data/stsb-train.jsonl"
     run = Path("out/study") / name
     tcfg = TrainConfig(**{**STUDY, "run_dir": str(run), **{k: v for k, v in overrides.items() if k in tr_f}})
     ecfg = EncoderConfig(**{k: v for k, v in overrides.items() if k in enc_f})
