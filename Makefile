@@ -19,13 +19,13 @@ $(STAMP): pyproject.toml
 
 # Main job on the embedded default (SmolLM2-135M + MiniLM teacher), ~8-15 min on 2 CPU cores:
 # 1. reconstruct the demo texts from two fitted vectors each (one forward pass);
-# 2. fit proto-tokens for the LLM's own short replies to the bundled prompts (data/pairs.jsonl);
+# 2. fit proto-tokens for the LLM's own short replies to the bundled prompts (nar/assets/pairs.jsonl);
 # 3. train the encoder prompt -> proto-tokens; 4. evaluate it beside the baselines;
 # 5. generate for held-out prompts in ONE pass and compare with the LLM's autoregressive greedy replies.
 DEMO := out/demo
 demo: setup
-	HF_HUB_OFFLINE=1 $(BIN)/nar reconstruct --file data/demo.txt --out $(DEMO)/demo-protos.safetensors
-	HF_HUB_OFFLINE=1 $(BIN)/nar build-corpus data/pairs.jsonl --source-column source --target-column target \
+	HF_HUB_OFFLINE=1 $(BIN)/nar reconstruct --file nar/assets/demo.txt --out $(DEMO)/demo-protos.safetensors
+	HF_HUB_OFFLINE=1 $(BIN)/nar build-corpus nar/assets/pairs.jsonl --source-column source --target-column target \
 		--append-eos --max-tokens 20 --max-steps 300 --out $(DEMO)/corpus
 	HF_HUB_OFFLINE=1 $(BIN)/nar train-encoder $(DEMO)/corpus --run-dir $(DEMO)/encoder --steps 150 --val-frac 0.15
 	HF_HUB_OFFLINE=1 $(BIN)/nar eval-encoder $(DEMO)/encoder $(DEMO)/corpus

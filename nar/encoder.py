@@ -106,7 +106,7 @@ class Encoder(nn.Module):
     def save_pretrained(self, path: str | Path, extra: dict | None = None) -> None:
         from safetensors.torch import save_file
 
-        from nar.corpus import atomic_write_bytes
+        from nar.artifacts import atomic_write_bytes
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)

@@ -142,8 +142,8 @@ def _lr(step: int, cfg: TrainConfig) -> float:
 def train_encoder(corpus_path: str | Path, cfg: TrainConfig, enc_cfg: EncoderConfig, *, llm: FrozenLLM,
                   show_progress: bool = True) -> dict:
     """The training loop: eval, save, step, log. Returns the final validation figures."""
-    from nar.analysis.common import corpus_llm
-    from nar.index import corpus_fingerprint
+    from nar.corpus import fingerprint as corpus_fingerprint
+    from nar.frame import corpus_llm
     from nar.monitor import TensorBoardWriter
 
     llm, layout, _ = corpus_llm(corpus_path, llm)

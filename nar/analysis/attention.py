@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from nar.analysis.report import figure, write_report
+from nar.config import AttentionConfig
 from nar.llm import FrozenLLM, Layout
 
 
@@ -68,11 +69,14 @@ def plot_heatmaps(maps: dict[str, np.ndarray], path: str | Path) -> None:
     plt.close(fig)
 
 
-def run_attention(corpus_path: str | Path, out_dir: str | Path, *, llm=None, sample: int = 16, seed: int = 0) -> dict:
-    from nar.analysis.common import corpus_llm, corpus_sample
+def run_attention(corpus_path: str | Path, out_dir: str | Path, cfg: AttentionConfig = AttentionConfig(), *,
+                  llm=None) -> dict:
+    """The `nar analyze attention` job on the converged rows of a corpus."""
+    from nar.analysis.common import corpus_sample
+    from nar.frame import corpus_llm
 
     llm, layout, _ = corpus_llm(corpus_path, llm)
-    s = corpus_sample(corpus_path, sample, seed, converged_only=True)
+    s = corpus_sample(corpus_path, cfg.sample, cfg.seed, converged_only=True)
     maps = attention_to_e(llm, s["e"], s["m"], [len(t) for t in s["token_ids"]], layout)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
