@@ -359,83 +359,61 @@ def neighbors(
     render.neighbours(res, k)
 
 
-OUT = "Output folder (corpora it fits are kept there and reused)."
+ANALYSES = {  # name: (its config, whether it reads a corpus, table title, table columns)
+    "stability": (C.StabilityConfig, True, lambda r: f"stability ({r['texts']} texts)",
+                  ["noise", "target", "alpha", "token_acc", "exact", "self_nn"]),
+    "attention": (C.AttentionConfig, True, lambda r: f"attention to e (mean {r['mean_to_e']:.3f}; uniform would be "
+                  f"{r['uniform_baseline']:.3f})", ["layer", "mean_to_e", "max_head_to_e", "argmax_head",
+                                                     "mean_to_prefix"]),
+    "semantics": (C.SemanticsConfig, False, lambda r: f"STS-B Spearman with human scores ({r['pairs']} pairs)",
+                  ["variant", "sts_e", "sts_m", "sts_em", "sts_teacher", "agree_e", "mean_acc"]),
+    "capacity": (C.CapacityConfig, False, lambda r: f"capacity (largest N per text: {r['largest_n_per_text']})",
+                 ["text", "n", "accuracy", "steps", "seconds"]),
+    "connectivity": (C.ConnectivityConfig, False, lambda r: "connectivity",
+                     ["n_tokens", "acc_a", "acc_b", "cos_e_ab", "line_min_acc", "curve_min_acc"]),
+}
 
 
-@analyze_app.command("stability")
-@config_options("cfg", C.StabilityConfig)
-def analyze_stability_cmd(corpus: Path = CORPUS, out: Path = typer.Option("out/analysis/stability", "--out", "-o",
-                                                                          help=OUT),
-                          as_json: bool = JSON, cfg: C.StabilityConfig = None) -> None:
-    """Accuracy vs noise intensity on e, m, both, for Gaussian/uniform/random-direction noise."""
+def _analyze(name: str, cfg, out: Path, as_json: bool, corpus: Path | None = None, model: str | None = None) -> None:
+    """Run `nar.analysis.<name>.run_<name>` on a corpus (with its own LLM) or on `model`, then show it."""
+    import importlib
+
     setup_logging(False)
-    from nar.analysis.stability import run_stability
+    run = getattr(importlib.import_module(f"nar.analysis.{name}"), f"run_{name}")
+    if corpus is not None:
+        res = run(corpus, out, cfg)
+    else:
+        from nar.llm import load_llm
 
-    res = run_stability(corpus, out, cfg)
-    print_json(res) if as_json else render.analysis(res, f"stability ({res['texts']} texts)", [
-        "noise", "target", "alpha", "token_acc", "exact", "self_nn"])
+        kw = {"llm": load_llm(model)}
+        if name == "semantics":
+            from nar.teacher import load_teacher
 
-
-@analyze_app.command("attention")
-@config_options("cfg", C.AttentionConfig)
-def analyze_attention_cmd(corpus: Path = CORPUS, out: Path = typer.Option("out/analysis/attention", "--out", "-o",
-                                                                          help=OUT),
-                          as_json: bool = JSON, cfg: C.AttentionConfig = None) -> None:
-    """Attention paid to e (and to the prefix) per layer and head while reconstructing."""
-    setup_logging(False)
-    from nar.analysis.attention import run_attention
-
-    res = run_attention(corpus, out, cfg)
-    print_json(res) if as_json else render.analysis(
-        res, f"attention to e (mean {res['mean_to_e']:.3f}; uniform would be {res['uniform_baseline']:.3f})",
-        ["layer", "mean_to_e", "max_head_to_e", "argmax_head", "mean_to_prefix"])
-
-
-@analyze_app.command("semantics")
-@config_options("cfg", C.SemanticsConfig)
-def analyze_semantics_cmd(out: Path = typer.Option("out/analysis/semantics", "--out", "-o", help=OUT),
-                          model: str = MODEL, as_json: bool = JSON, cfg: C.SemanticsConfig = None) -> None:
-    """How much meaning e and m carry: STS-B Spearman (e, m, e+m, teacher) and augmentations."""
-    setup_logging(False)
-    from nar.analysis.semantics import run_semantics
-    from nar.llm import load_llm
-    from nar.teacher import load_teacher
-
-    res = run_semantics(out, cfg, llm=load_llm(model), teacher=load_teacher(), show_progress=not as_json)
+            kw.update(teacher=load_teacher(), show_progress=not as_json)
+        res = run(out, cfg, **kw)
     if as_json:
         return print_json(res)
-    render.analysis(res, f"STS-B Spearman with human scores ({cfg.pairs} pairs)",
-                    ["variant", "sts_e", "sts_m", "sts_em", "sts_teacher", "agree_e", "mean_acc"])
+    _, _, title, keys = ANALYSES[name]
+    render.analysis(res, title(res), keys)
     render.augmentation(res.get("augmentation") or {})
 
 
-@analyze_app.command("capacity")
-@config_options("cfg", C.CapacityConfig)
-def analyze_capacity_cmd(out: Path = typer.Option("out/analysis/capacity", "--out", "-o", help=OUT),
-                         model: str = MODEL, as_json: bool = JSON, cfg: C.CapacityConfig = None) -> None:
-    """Accuracy vs N: the largest N two proto-tokens reconstruct at >= threshold."""
-    setup_logging(False)
-    from nar.analysis.capacity import run_capacity
-    from nar.llm import load_llm
+def _register_analysis(name: str) -> None:
+    cls, on_corpus, _, _ = ANALYSES[name]
+    out_opt = typer.Option(f"out/analysis/{name}", "--out", "-o", help="Output folder (corpora it fits are kept "
+                           "there and reused).")
+    if on_corpus:
+        def command(corpus: Path = CORPUS, out: Path = out_opt, as_json: bool = JSON, cfg: cls = None) -> None:
+            _analyze(name, cfg, out, as_json, corpus=corpus)
+    else:
+        def command(out: Path = out_opt, model: str = MODEL, as_json: bool = JSON, cfg: cls = None) -> None:
+            _analyze(name, cfg, out, as_json, model=model)
+    command.__doc__ = " ".join((cls.__doc__ or "").split(": ", 1)[-1].split())
+    analyze_app.command(name)(config_options("cfg", cls)(command))
 
-    res = run_capacity(out, cfg, llm=load_llm(model))
-    print_json(res) if as_json else render.analysis(
-        res, f"capacity (largest N per text: {res['largest_n_per_text']})", ["text", "n", "accuracy", "steps",
-                                                                              "seconds"])
 
-
-@analyze_app.command("connectivity")
-@config_options("cfg", C.ConnectivityConfig)
-def analyze_connectivity_cmd(out: Path = typer.Option("out/analysis/connectivity", "--out", "-o", help=OUT),
-                             model: str = MODEL, as_json: bool = JSON, cfg: C.ConnectivityConfig = None) -> None:
-    """Two solutions from different seeds: accuracy along the straight line vs a trained Bezier curve."""
-    setup_logging(False)
-    from nar.analysis.connectivity import run_connectivity
-    from nar.llm import load_llm
-
-    res = run_connectivity(out, cfg, llm=load_llm(model))
-    print_json(res) if as_json else render.analysis(res, "connectivity", [
-        "n_tokens", "acc_a", "acc_b", "cos_e_ab", "line_min_acc", "curve_min_acc"])
+for _name in ANALYSES:
+    _register_analysis(_name)
 
 
 def main() -> None:

@@ -91,6 +91,7 @@ def config_options(param: str, cls: type, *, defaults=None, exclude: Iterable[st
 
         del wrapper.__wrapped__  # typer must read the signature below, not the command's
         wrapper.__signature__ = inspect.Signature([*own, *args, *[p for p in extra if p not in args]])
+        command.__annotations__ = {**command.__annotations__, param: cls}  # resolvable even if declared locally
         hints_ = typing.get_type_hints(command)
         wrapper.__annotations__ = {**{k: v for k, v in hints_.items() if k != param},
                                    **{p.name: p.annotation for p in extra}}

@@ -62,24 +62,24 @@ class FitConfig(StageConfig):
     """Optimiser steps per text before giving up (the best vectors seen are kept)."""
     target_acc: float = 1.0
     """Token accuracy at which a text stops early (1.0 = argmax reproduces every token)."""
+    init: str = "tokens"
+    """'embed_std' (Paper A): randn scaled by the std of the LLM's embedding matrix; 'randn': plain N(0, 1);
+    'tokens': e and m start at the mean of the target's own token embeddings plus 'embed_std' noise;
+    'teacher' (build-corpus): e starts at a fixed projection of the text's teacher embedding, scaled to
+    a token's norm, m as 'embed_std'. The projection is one frame for the whole corpus."""
     lr: float = 3e-2
     """AdamW (peak) learning rate (Paper A: 1e-2 constant; measured faster here: 3e-2 with the cosine schedule)."""
+    lr_schedule: str = "cosine"
+    """'constant' (Paper A) or 'cosine': per text, linear warm-up over warmup_steps, then cosine decay
+    from lr to lr/10 at max_steps (each slot follows its own text's step count)."""
+    warmup_steps: int = 10
+    """Linear warm-up steps of the 'cosine' schedule."""
     beta1: float = 0.9
     """AdamW beta1 (Paper A: 0.9)."""
     beta2: float = 0.9
     """AdamW beta2 (Paper A: 0.9, not the usual 0.999)."""
     weight_decay: float = 0.01
     """AdamW decoupled weight decay on e and m (Paper A: 0.01)."""
-    lr_schedule: str = "cosine"
-    """'constant' (Paper A) or 'cosine': per text, linear warm-up over warmup_steps, then cosine decay
-    from lr to lr/10 at max_steps (each slot follows its own text's step count)."""
-    warmup_steps: int = 10
-    """Linear warm-up steps of the 'cosine' schedule."""
-    init: str = "tokens"
-    """'embed_std' (Paper A): randn scaled by the std of the LLM's embedding matrix; 'randn': plain N(0, 1);
-    'tokens': e and m start at the mean of the target's own token embeddings plus 'embed_std' noise;
-    'teacher' (build-corpus): e starts at a fixed projection of the text's teacher embedding, scaled to
-    a token's norm, m as 'embed_std'. The projection is one frame for the whole corpus."""
     prefix: str = "bos"
     """Fixed, untrained tokens before e: 'bos' (the tokenizer's BOS), 'none', or literal text."""
     first: str = "e"
@@ -201,14 +201,14 @@ class EncoderConfig(StageConfig):
 
     backbone: str = "all-MiniLM-L6-v2"
     """Sentence-transformers model whose token states feed the head (default: the embedded teacher)."""
-    freeze_backbone: bool = True
-    """Keep the backbone frozen (only the head trains); else fine-tune it too."""
     d_model: int = 256
     """Width of the head's transformer layers."""
     layers: int = 2
     """Transformer decoder layers in the head (learned queries attend to the source's token states)."""
     heads: int = 4
     """Attention heads in the head's layers."""
+    freeze_backbone: bool = True
+    """Keep the backbone frozen (only the head trains); else fine-tune it too."""
     dropout: float = 0.1
     """Dropout in the head."""
     max_source_tokens: int = 128
@@ -322,7 +322,7 @@ class AttentionConfig(StageConfig):
 
 @dataclass(frozen=True)
 class SemanticsConfig(StageConfig):
-    """`nar analyze semantics`: STS-B Spearman of e, m, [e; m] and the teacher per fitting variant, and the
+    """`nar analyze semantics`: STS-B Spearman of e, m, e+m and the teacher per fitting variant, and the
     augmentation experiment."""
 
     stsb: str | None = None
@@ -376,8 +376,8 @@ class CapacityConfig(StageConfig):
 class ConnectivityConfig(StageConfig):
     """`nar analyze connectivity`: two solutions of a text, joined by a line and by a trained Bezier curve."""
 
-    file: str = "bundled"
-    """Texts, one per line: 'bundled' (nar/assets/demo.txt) or a path."""
+    file: str | None = None
+    """Texts, one per line (default: the bundled demo sentences, nar/assets/demo.txt)."""
     texts: int = 2
     """How many texts of the file."""
     max_steps: int = 400

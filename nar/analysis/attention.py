@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nar.analysis.report import figure, write_report
+from nar.analysis.report import figure, save_figure, write_report
 from nar.config import AttentionConfig
 from nar.llm import FrozenLLM, Layout
 
@@ -64,19 +64,15 @@ def plot_heatmaps(maps: dict[str, np.ndarray], path: str | Path) -> None:
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
         fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run_attention(corpus_path: str | Path, out_dir: str | Path, cfg: AttentionConfig = AttentionConfig(), *,
                   llm=None) -> dict:
     """The `nar analyze attention` job on the converged rows of a corpus."""
-    from nar.analysis.common import corpus_sample
-    from nar.frame import corpus_llm
+    from nar.analysis.common import corpus_and_sample
 
-    llm, layout, _ = corpus_llm(corpus_path, llm)
-    s = corpus_sample(corpus_path, cfg.sample, cfg.seed, converged_only=True)
+    llm, layout, _, s = corpus_and_sample(corpus_path, llm, cfg.sample, cfg.seed)
     maps = attention_to_e(llm, s["e"], s["m"], [len(t) for t in s["token_ids"]], layout)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

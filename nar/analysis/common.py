@@ -1,4 +1,4 @@
-"""Loading what every analysis of a corpus needs: a seeded sample of its rows."""
+"""Loading what every analysis of a corpus needs: its LLM and layout, and a seeded sample of its rows."""
 
 from __future__ import annotations
 
@@ -22,3 +22,10 @@ def corpus_sample(path: str | Path, n: int | None, seed: int = 0, converged_only
         ok = sorted(random.Random(seed).sample(ok, n))
     return {**{c: [cols[c][i] for i in ok] for c in ("id", "target", "token_ids")},
             **{c: torch.from_numpy(cols[c][ok]) for c in ("e", "m", "teacher")}}
+
+
+def corpus_and_sample(path: str | Path, llm, n: int, seed: int):
+    """(llm, layout, precision) of the corpus (`nar.frame.corpus_llm`) and a sample of its converged rows."""
+    from nar.frame import corpus_llm
+
+    return *corpus_llm(path, llm), corpus_sample(path, n, seed, converged_only=True)

@@ -97,7 +97,7 @@ def run_connectivity(out_dir: str | Path, cfg: ConnectivityConfig = Connectivity
 
     fit = fit or cfg.fit_config()
     if texts is None:
-        file = path("demo.txt") if cfg.file == "bundled" else Path(cfg.file)
+        file = path("demo.txt") if cfg.file is None else Path(cfg.file)
         texts = [x for x in file.read_text(encoding="utf-8").splitlines() if x.strip()][: cfg.texts]
     layout = make_layout(llm, fit)
     rows = connectivity(llm, texts, fit, layout, grid=cfg.grid, curve_steps=cfg.curve_steps)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from nar import corpus as corpus_store
+from nar.artifacts import atomic_write_jsonl
 from nar.config import SemanticsConfig
 from nar.errors import NarError
 from nar.space import PROTO_SPACES, pair_cosines, proto_space, spearman, teacher_agreement
@@ -68,7 +69,6 @@ def sts_experiment(out_dir: str | Path, *, llm, teacher, pairs: int = 100, max_s
                    show_progress: bool = False, on_row=None, slots: int = 8) -> list[dict]:
     """STS-B pairs split across batches (all first sentences, then all second ones), one corpus per variant
     under out_dir (reused if present: the build resumes). Spearman of cos(x_a, x_b) with the human scores."""
-    import json
 
     from nar.build import build_corpus
     from nar.config import BuildConfig, FitConfig
@@ -79,7 +79,7 @@ def sts_experiment(out_dir: str | Path, *, llm, teacher, pairs: int = 100, max_s
     src = out / f"stsb-{pairs}.jsonl"
     rows = [{"id": f"a{i}", "text": a} for i, (a, _, _) in enumerate(sample)]
     rows += [{"id": f"b{i}", "text": b} for i, (_, b, _) in enumerate(sample)]
-    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_jsonl(src, rows)
     ids = [(f"a{i}", f"b{i}") for i in range(len(sample))]
     scores = [s for _, _, s in sample]
     results = []
@@ -115,7 +115,6 @@ def augmentation(llm, teacher, triples: list[dict], out_dir: str | Path, *, max_
                  png_name: str = "augmentation") -> dict:
     """Original vs lexical vs semantic change: cosine distances in e, m, [e; m] and teacher space, and a
     PCA plot of e. Fitted as one corpus (build-corpus with the given init and RD weight)."""
-    import json
 
     import numpy as np
 
@@ -127,7 +126,7 @@ def augmentation(llm, teacher, triples: list[dict], out_dir: str | Path, *, max_
     out.mkdir(parents=True, exist_ok=True)
     src = out / "augment-input.jsonl"
     kinds = ("original", "lexical", "semantic")
-    src.write_text("".join(json.dumps({"id": f"{t['id']}/{k}", "text": t[k]}) + "\n" for t in triples for k in kinds))
+    atomic_write_jsonl(src, [{"id": f"{t['id']}/{k}", "text": t[k]} for t in triples for k in kinds])
     cdir = out / f"augment-{init}-rd{rd_weight:g}-{max_steps}"
     build_corpus(BuildConfig(input=str(src), out=str(cdir), rd_weight=rd_weight),
                  FitConfig(max_steps=max_steps, precision=precision, init=init, max_tokens=64), llm=llm,
