@@ -44,19 +44,28 @@ def test_encoder_trains_reloads_and_generates(tiny_llm, pair_corpus, tmp_path):
             losses.append(value)
         orig(self, tag, value, step)
 
+    saved = {}
+    orig_save = Encoder.save_pretrained
+
+    def keep(self, path, extra=None):  # the encoder as trained, in memory, at each save
+        saved[str(path)] = self
+        orig_save(self, path, extra)
+
     mon.TensorBoardWriter.scalar = spy
+    Encoder.save_pretrained = keep
     try:
         res = train_encoder(pair_corpus, cfg, ENC, llm=tiny_llm, show_progress=False)
         assert res["val_texts"] >= 1
     finally:
         mon.TensorBoardWriter.scalar = orig
+        Encoder.save_pretrained = orig_save
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
     assert all(torch.equal(before[k], v) for k, v in tiny_llm.model.state_dict().items())
     assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
     assert (tmp_path / "run" / "last" / "optimizer.pt").is_file()
-    # reload -> identical predictions
+    # reload -> the predictions of the encoder as trained
     a = Encoder.from_pretrained(tmp_path / "run" / "last")
-    b = Encoder.from_pretrained(tmp_path / "run" / "last")
+    b = saved[str(tmp_path / "run" / "last")]
     src = ["say: the cat sat on the mat", "say: birds sing in the morning"]
     ea, ma, na = a.predict(src)
     eb, mb, nb = b.predict(src)
@@ -68,9 +77,19 @@ def test_encoder_trains_reloads_and_generates(tiny_llm, pair_corpus, tmp_path):
     methods = {(r["split"], r["method"]) for r in ev["rows"]}
     assert ("val", "encoder") in methods and ("val", "nearest neighbour") in methods
     assert ("train", "mean proto-token") in methods
-    # resume continues from the last step
+    # resume continues from the last step: only steps 40..49 run
+    import nar.train
+
+    steps_run = []
+    real_losses = nar.train.losses
     cfg2 = TrainConfig(**{**cfg.to_dict(), "steps": 50, "resume": True})
-    assert train_encoder(pair_corpus, cfg2, ENC, llm=tiny_llm, show_progress=False)["steps"] == 50
+    nar.train.losses = lambda *a, **k: steps_run.append(1) or real_losses(*a, **k)
+    try:
+        train_encoder(pair_corpus, cfg2, ENC, llm=tiny_llm, show_progress=False)
+    finally:
+        nar.train.losses = real_losses
+    assert len(steps_run) == 10
+    assert json.loads((tmp_path / "run" / "last" / "config.json").read_text())["train_state"]["step"] == 50
 
 
 def test_encoder_can_overfit_a_handful(tiny_llm, pair_corpus, tmp_path):
