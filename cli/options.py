@@ -47,7 +47,7 @@ def config_options(param: str, cls: type, *, defaults=None, exclude: Iterable[st
 
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
-    base = defaults if defaults is not None else None
+    base = defaults
     rename, short, exclude, arguments = rename or {}, short or {}, set(exclude), set(arguments)
     fields = [f for f in dataclasses.fields(cls) if f.name not in exclude]
 
@@ -81,6 +81,9 @@ def config_options(param: str, cls: type, *, defaults=None, exclude: Iterable[st
         kw_only = inspect.Parameter.KEYWORD_ONLY
         own = [p.replace(kind=kw_only) for p in inspect.signature(command).parameters.values() if p.name != param]
         extra = [inspect.Parameter(f.name, kw_only, default=d, annotation=tp) for f in fields for tp, d in [option(f)]]
+        clash = {p.name for p in own} & {p.name for p in extra}
+        if clash:
+            raise TypeError(f"{command.__name__}: parameters {sorted(clash)} are also fields of {cls.__name__}")
         # Typer calls with keywords only; the order sets the order of positional arguments and of --help
         args = [p for p in extra if isinstance(p.default, typer.models.ArgumentInfo)]
 

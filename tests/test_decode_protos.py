@@ -88,3 +88,13 @@ def test_protoset_from_another_model_is_refused(tiny_llm, tiny_path, tmp_path):
     assert Pipeline(tiny_llm).decode(tmp_path / "p.safetensors") == TEXTS
     with pytest.raises(NarError, match="fitted with LLM"):
         Pipeline(other).decode(ps)
+
+
+def test_pipeline_reconstructs_and_fits(tiny_llm):
+    from nar.pipeline import Pipeline
+
+    nar = Pipeline(tiny_llm)
+    cfg = FitConfig(precision="fp32", max_steps=300, lr=5e-2)
+    rows = nar.reconstruct(TEXTS[:1], cfg)
+    assert rows[0]["decoded"] == TEXTS[0] and rows[0]["converged"]
+    assert nar.decode(nar.fit(TEXTS[:1], cfg)) == TEXTS[:1]

@@ -178,3 +178,9 @@ def test_saved_index_returns_the_same_hits(tiny_corpus, kind):
     s2, f2 = loaded.search(x, 3)
     assert f1 == f2 and np.array_equal(s1, s2) and loaded.meta["count"] == len(x)
     assert not list((tiny_corpus / "index").glob(".tmp-*"))  # both halves written atomically
+
+
+def test_pipeline_neighbors_is_the_library_call(tiny_llm, tiny_corpus):
+    from nar.pipeline import Pipeline
+
+    assert Pipeline(tiny_llm).neighbors(tiny_corpus, id="t0", k=3) == neighbors(tiny_corpus, id="t0", k=3)

@@ -82,8 +82,8 @@ def run_attention(corpus_path: str | Path, out_dir: str | Path, cfg: AttentionCo
              "argmax_head": int(e_map[li].argmax()),
              "mean_to_prefix": float(maps["prefix"][li].mean()) if maps["prefix"] is not None else None}
             for li in range(e_map.shape[0])]
-    summary = {"corpus": str(corpus_path), "texts": len(s["id"]), "layers": int(e_map.shape[0]),
-               "heads": int(e_map.shape[1]), "mean_to_e": float(e_map.mean()),
+    summary = {"corpus": str(corpus_path), "config": cfg.to_dict(), "texts": len(s["id"]),
+               "layers": int(e_map.shape[0]), "heads": int(e_map.shape[1]), "mean_to_e": float(e_map.mean()),
                "uniform_baseline": float(np.mean([1.0 / (len(layout.prefix_ids) + 1 + k)
                                                   for t in s["token_ids"] for k in range(1, len(t))])),
                "mean_to_prefix": float(maps["prefix"].mean()) if maps["prefix"] is not None else None,

@@ -69,7 +69,7 @@ def run_capacity(out_dir: str | Path, cfg: CapacityConfig = CapacityConfig(), *,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plot_capacity(rows, out / "capacity.png", threshold)
-    summary = {"llm": llm.fingerprint, "texts": len(texts), "ns": ns, "threshold": threshold,
+    summary = {"llm": llm.fingerprint, "config": cfg.to_dict(), "texts": len(texts), "ns": ns, "threshold": threshold,
                "fit_config": fit.to_dict(), "largest_n_per_text": best,
                "largest_n_median": statistics.median(best.values()) if best else None,
                "largest_n_max": max(best.values()) if best else None}

@@ -104,7 +104,7 @@ def run_connectivity(out_dir: str | Path, cfg: ConnectivityConfig = Connectivity
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plot_paths(rows, out / "connectivity.png")
-    summary = {"texts": len(rows), "llm": llm.fingerprint, "fit_config": fit.to_dict(), "curve_steps": cfg.curve_steps,
+    summary = {"texts": len(rows), "llm": llm.fingerprint, "config": cfg.to_dict(), "fit_config": fit.to_dict(),
                "mean_line_min_acc": float(np.mean([r["line_min_acc"] for r in rows])),
                "mean_curve_min_acc": float(np.mean([r["curve_min_acc"] for r in rows]))}
     flat = [{k: v for k, v in r.items() if k not in ("line", "curve")} for r in rows]

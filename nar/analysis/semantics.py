@@ -198,7 +198,8 @@ def run_semantics(out_dir: str | Path, cfg: SemanticsConfig, *, llm, teacher, sh
         aug = {key: augmentation(llm, teacher, triples, out, max_steps=augment_steps or max_steps, precision=precision,
                                  init=init, rd_weight=rd, png_name=f"augmentation-{key}")
                for key, (init, rd) in AUGMENT_SETTINGS.items()}
-    summary = {"pairs": pairs, "max_steps": max_steps, "augment_steps": augment_steps or max_steps,
+    summary = {"config": cfg.to_dict(), "pairs": pairs, "max_steps": max_steps,
+               "augment_steps": augment_steps or max_steps,
                "augmentation": aug and {key: a["summary"] for key, a in aug.items()}}
     files = write_report(out, "semantics", summary, sts)
     return {**summary, "rows": sts, "files": {**files, "png": str(out / "semantics.png")}}

@@ -98,6 +98,6 @@ def run_stability(corpus_path: str | Path, out_dir: str | Path, cfg: StabilityCo
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plot_stability(rows, out / "stability.png")
-    summary = {"corpus": str(corpus_path), "texts": len(s["id"]), "repeats": cfg.repeats, "alphas": list(cfg.alphas)}
+    summary = {"corpus": str(corpus_path), "config": cfg.to_dict(), "texts": len(s["id"])}
     files = write_report(out, "stability", summary, rows)
     return {**summary, "rows": rows, "files": {**files, "png": str(out / "stability.png")}}
