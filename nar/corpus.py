@@ -270,6 +270,7 @@ def info(path: str | Path, teacher_agreement: bool = True) -> dict:
     files = shard_files(path)
     on_disk = pa.concat_tables([pq.read_table(f, columns=["id"]) for f in files]) if files else None
     c = columns(path, ["accuracy", "steps", "failed", "n_tokens"])
+    c = {k: np.asarray(v, dtype=np.float64) for k, v in c.items()}  # (an empty corpus gives empty lists)
     acc, n = c["accuracy"], len(c["accuracy"])
     target = man.get("fit_config", {}).get("target_acc", 1.0)
     edges = [0.0, 0.5, 0.8, 0.9, 0.95, 0.99, 1.0]
@@ -289,8 +290,8 @@ def info(path: str | Path, teacher_agreement: bool = True) -> dict:
         "rows_on_disk": on_disk.num_rows if on_disk else 0, "shards": len(files),
         "failed": int(np.sum(c["failed"])),
         "mean_accuracy": round(float(np.mean(acc, dtype=np.float64)), 4) if n else None,
-        "median_steps": statistics.median(c["steps"].tolist()) if n else None,
-        "median_tokens": statistics.median(c["n_tokens"].tolist()) if n else None,
+        "median_steps": statistics.median(c["steps"].astype(int).tolist()) if n else None,
+        "median_tokens": statistics.median(c["n_tokens"].astype(int).tolist()) if n else None,
         "accuracy_histogram": hist,
         "llm_fingerprint": man.get("llm", {}).get("fingerprint"), "teacher": man.get("teacher", {}),
         "layout": man.get("layout"), "fit_config": man.get("fit_config"), "build_config": man.get("build_config"),

@@ -240,19 +240,9 @@ def test_text_failing_at_its_first_step_is_stored_as_failed(tiny_llm, teacher, t
     resume, and is left out of the index, the bank and the analyses."""
     import math
 
-    import nar.fit as fit_mod
+    from .conftest import nan_at_first_step
 
-    real = fit_mod.reconstruction_loss
-    seen = {"first": True}
-
-    def flaky(llm, E, M, targets, layout, precision):
-        rec = real(llm, E, M, targets, layout, precision)
-        if seen["first"]:
-            seen["first"] = False
-            rec.ce = torch.cat([rec.ce[:1] * float("nan"), rec.ce[1:]])
-        return rec
-
-    monkeypatch.setattr(fit_mod, "reconstruction_loss", flaky)
+    nan_at_first_step(monkeypatch, slot=0)
     src = write_jsonl(tmp_path / "in.jsonl", [{"id": f"t{i}", "text": t} for i, t in enumerate(TINY_CORPUS[:3])])
     out = tmp_path / "c"
     cfg = BuildConfig(input=str(src), out=str(out), rd_bank=4)

@@ -100,19 +100,9 @@ def test_config_validation():
 
 
 def test_nan_in_one_text_fails_only_that_text(tiny_llm, monkeypatch):
-    import nar.fit as fit_mod
+    from .conftest import nan_at_first_step
 
-    real = fit_mod.reconstruction_loss
-    state = {"first": True}
-
-    def flaky(llm, E, M, targets, layout, precision):
-        rec = real(llm, E, M, targets, layout, precision)
-        if state["first"]:
-            state["first"] = False
-            rec.ce = torch.cat([rec.ce[:1], rec.ce[1:2] * float("nan"), rec.ce[2:]])
-        return rec
-
-    monkeypatch.setattr(fit_mod, "reconstruction_loss", flaky)
+    nan_at_first_step(monkeypatch, slot=1)
     rs = {r.key: r for r in fit_stream(tiny_llm, [FitItem(str(i), tiny_llm.encode(t)) for i, t in enumerate(TEXTS)],
                                        FitConfig(**FAST, num_slots=3))}
     assert rs["1"].failed and not rs["1"].converged
