@@ -245,14 +245,14 @@ def test_text_failing_at_its_first_step_is_stored_as_failed(tiny_llm, teacher, t
     nan_at_first_step(monkeypatch, slot=0)
     src = write_jsonl(tmp_path / "in.jsonl", [{"id": f"t{i}", "text": t} for i, t in enumerate(TINY_CORPUS[:3])])
     out = tmp_path / "c"
-    cfg = BuildConfig(input=str(src), out=str(out), rd_bank=4)
-    s = build_corpus(cfg, FitConfig(**FIT), llm=tiny_llm, teacher=teacher, show_progress=False)
+    cfg, fcfg = BuildConfig(input=str(src), out=str(out), rd_bank=4), FitConfig(**{**FIT, "max_steps": 20})
+    s = build_corpus(cfg, fcfg, llm=tiny_llm, teacher=teacher, show_progress=False)
     assert s["fitted"] == 3 and s["failed"] == 1
     rows = {r["id"]: r for r in corpus.load(out)}
     bad = rows["t0"]
     assert bad["failed"] and bad["steps"] == 0 and bad["e"].shape == (tiny_llm.hidden_size,)
     assert all(math.isnan(x) for x in bad["e"].tolist())
-    assert build_corpus(cfg, FitConfig(**FIT), llm=tiny_llm, teacher=teacher, show_progress=False)["fitted"] == 0
+    assert build_corpus(cfg, fcfg, llm=tiny_llm, teacher=teacher, show_progress=False)["fitted"] == 0
     from nar.index import corpus_vectors
 
     assert "t0" not in corpus_vectors(out, "e")[0] and corpus.info(out)["failed"] == 1

@@ -33,13 +33,15 @@ def test_loss_goes_down_and_short_text_reaches_full_accuracy(tiny_llm):
 def test_batched_equals_single(tiny_llm):
     # Over a fixed number of steps the trajectories agree to float rounding; over hundreds of steps
     # rounding differences of the padded batch shapes may shift a convergence step by a few.
+    # With 2 slots for 3 texts the third enters a refilled slot (fresh vectors, fresh AdamW state).
     cfg = FitConfig(**{**FAST, "max_steps": 30})
     single = [fit_texts(tiny_llm, [t], cfg)[0] for t in TEXTS]
-    batched = fit_texts(tiny_llm, TEXTS, FitConfig(**{**FAST, "max_steps": 30}, num_slots=3))
-    for s, b in zip(single, batched):
-        assert s.steps == b.steps and s.accuracy == pytest.approx(b.accuracy)
-        torch.testing.assert_close(s.e, b.e, atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(s.m, b.m, atol=1e-4, rtol=1e-4)
+    for slots in (3, 2):
+        batched = fit_texts(tiny_llm, TEXTS, FitConfig(**{**FAST, "max_steps": 30}, num_slots=slots))
+        for s, b in zip(single, batched):
+            assert s.steps == b.steps and s.accuracy == pytest.approx(b.accuracy)
+            torch.testing.assert_close(s.e, b.e, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(s.m, b.m, atol=1e-4, rtol=1e-4)
     batched = fit_texts(tiny_llm, TEXTS, FitConfig(**FAST, num_slots=3))
     assert all(b.converged for b in batched)
     layout = make_layout(tiny_llm, cfg)
@@ -157,19 +159,6 @@ def test_configs_saved_before_the_schedule_existed_keep_their_constant_lr():
     assert FitConfig.from_dict(new.to_dict()) == new
 
 
-def test_batched_equals_single_with_slot_refills(tiny_llm):
-    """Four texts through two slots: the later ones enter refilled slots (fresh vectors, fresh AdamW state)
-    and still follow the trajectory they follow alone."""
-    texts = TEXTS + ["stars shine over the quiet town"]
-    cfg = FitConfig(**{**FAST, "max_steps": 25})
-    single = [fit_texts(tiny_llm, [t], cfg)[0] for t in texts]
-    batched = fit_texts(tiny_llm, texts, FitConfig(**{**FAST, "max_steps": 25}, num_slots=2))
-    for s, b in zip(single, batched):
-        assert s.steps == b.steps
-        torch.testing.assert_close(s.e, b.e, atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(s.m, b.m, atol=1e-4, rtol=1e-4)
-
-
 def test_batch_order_does_not_matter_with_relational_distillation(tiny_llm):
     """With RD on (a cross-text loss, so a batch is not a set of independent fits), a text's result does not
     depend on its slot: the same batch in another order gives the same vectors."""
@@ -184,7 +173,7 @@ def test_batch_order_does_not_matter_with_relational_distillation(tiny_llm):
     def run(order):
         items = [FitItem(t, tiny_llm.encode(t), payload={"teacher": teach[t]}) for t in order]
         reg = TeacherRegulariser(1.0, 0.0, "e", None, bank)
-        return {r.key: r for r in fit_stream(tiny_llm, items, FitConfig(**{**FAST, "max_steps": 20}, num_slots=3),
+        return {r.key: r for r in fit_stream(tiny_llm, items, FitConfig(**{**FAST, "max_steps": 10}, num_slots=3),
                                              extra_loss=reg)}
 
     a, b = run(TEXTS), run(TEXTS[::-1])
@@ -193,7 +182,7 @@ def test_batch_order_does_not_matter_with_relational_distillation(tiny_llm):
         torch.testing.assert_close(a[t].e, b[t].e, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(a[t].m, b[t].m, atol=1e-4, rtol=1e-4)
     plain = {r.key: r for r in fit_stream(tiny_llm, [FitItem(t, tiny_llm.encode(t)) for t in TEXTS],
-                                          FitConfig(**{**FAST, "max_steps": 20}, num_slots=3))}
+                                          FitConfig(**{**FAST, "max_steps": 10}, num_slots=3))}
     assert any(not torch.allclose(a[t].e, plain[t].e, atol=1e-3) for t in TEXTS)  # RD did act
 
 
