@@ -19,24 +19,24 @@ $(STAMP): pyproject.toml
 
 # Main job on the embedded default (SmolLM2-135M + MiniLM teacher), ~10-15 min on 2 CPU cores:
 # 1. reconstruct the demo texts from two fitted vectors each (one forward pass);
-# 2. fit proto-tokens for the LLM's own short replies to the bundled prompts (data/pairs.jsonl);
+# 2. fit proto-tokens for the LLM's own short replies to the bundled prompts (nar/assets/pairs.jsonl);
 # 3. a short amortised encoder training on STS-B sentences (the command that made the shipped checkpoint,
 #    at 1/20 of its steps);
-# 4. the SHIPPED checkpoint checkpoints/stsb-autoencoder evaluated on sentences it never saw (data/heldout.txt,
+# 4. the SHIPPED checkpoint checkpoints/stsb-autoencoder evaluated on sentences it never saw (nar/assets/heldout.txt,
 #    written for this project) beside the nearest-neighbour and position-mode baselines;
 # 5. one-pass generation for those held-out sentences with the shipped checkpoint.
 DEMO := out/demo
 STSB ?= ../shared/data/stsb
 demo: setup
-	HF_HUB_OFFLINE=1 $(BIN)/nar reconstruct --file data/demo.txt --out $(DEMO)/demo-protos.safetensors
-	HF_HUB_OFFLINE=1 $(BIN)/nar build-corpus data/pairs.jsonl --source-column source --target-column target \
+	HF_HUB_OFFLINE=1 $(BIN)/nar reconstruct --file nar/assets/demo.txt --out $(DEMO)/demo-protos.safetensors
+	HF_HUB_OFFLINE=1 $(BIN)/nar build-corpus nar/assets/pairs.jsonl --source-column source --target-column target \
 		--append-eos --max-tokens 20 --max-steps 300 --out $(DEMO)/corpus
 	HF_HUB_OFFLINE=1 $(BIN)/nar make-data --stsb $(STSB) --out out/data
 	HF_HUB_OFFLINE=1 $(BIN)/nar train-encoder out/data/stsb-train.jsonl --val-data out/data/stsb-dev.jsonl \
 		--run-dir $(DEMO)/encoder $(ENCODER_RECIPE) --steps 100 --val-every 50
 	@echo "== the shipped checkpoint (checkpoints/stsb-autoencoder) on held-out sentences it never saw =="
-	HF_HUB_OFFLINE=1 $(BIN)/nar eval-encoder checkpoints/stsb-autoencoder --data data/heldout.txt
-	HF_HUB_OFFLINE=1 $(BIN)/nar generate checkpoints/stsb-autoencoder --input data/heldout.txt
+	HF_HUB_OFFLINE=1 $(BIN)/nar eval-encoder checkpoints/stsb-autoencoder --data nar/assets/heldout.txt
+	HF_HUB_OFFLINE=1 $(BIN)/nar generate checkpoints/stsb-autoencoder --input nar/assets/heldout.txt
 
 # The shipped autoencoder checkpoint (docs/ENCODER.md): amortised training on STS-B train sentences,
 # held-out STS-B dev sentences; `make stsb-autoencoder` rebuilds it into checkpoints/stsb-autoencoder.
@@ -46,7 +46,8 @@ stsb-autoencoder: setup
 	HF_HUB_OFFLINE=1 $(BIN)/nar make-data --stsb $(STSB) --out out/data
 	HF_HUB_OFFLINE=1 $(BIN)/nar train-encoder out/data/stsb-train.jsonl --val-data out/data/stsb-dev.jsonl \
 		--run-dir out/stsb-autoencoder $(ENCODER_RECIPE) --steps $(ENCODER_STEPS)
-	rm -rf checkpoints/stsb-autoencoder && cp -r out/stsb-autoencoder/best checkpoints/stsb-autoencoder
+	mkdir -p checkpoints/stsb-autoencoder
+	cp out/stsb-autoencoder/best/config.json out/stsb-autoencoder/best/model.safetensors checkpoints/stsb-autoencoder/
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

@@ -1,6 +1,6 @@
 """Fitting recipes side by side on the real model: steps and seconds to reach accuracy 1.0.
 
-Fits the same texts (8 of ~16 tokens and 8 of ~32 tokens from data/texts.jsonl) with each variant,
+Fits the same texts (8 of ~16 tokens and 8 of ~32 tokens from nar/assets/texts.jsonl) with each variant,
 8 at a time in one padded batch, and reports per variant and length group: how many reached the
 target within the step cap, median steps and median seconds of those that did, mean final accuracy,
 seconds per optimiser step, and the one-pass fp32 re-decode accuracy of the returned vectors.
@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nar.config import FitConfig  # noqa: E402
+from nar.data import bundled_texts  # noqa: E402
 from nar.decode import decode_ids, token_accuracy  # noqa: E402
 from nar.fit import fit_texts, make_layout  # noqa: E402
 from nar.llm import load_llm  # noqa: E402
@@ -41,7 +42,7 @@ VARIANTS = {  # key: (name in the table, FitConfig options); Paper A's optimiser
 
 
 def pick_texts(llm, lo: int, hi: int, k: int) -> list[str]:
-    rows = [json.loads(x) for x in (ROOT / "data" / "texts.jsonl").read_text().splitlines() if x.strip()]
+    rows = bundled_texts()
     out = [r["text"] for r in rows if lo <= len(llm.encode(r["text"])) <= hi]
     if len(out) < k:
         raise SystemExit(f"only {len(out)} texts with {lo}-{hi} tokens")

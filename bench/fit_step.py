@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nar.fit import _reconstruction  # noqa: E402
 from nar.llm import Layout, load_llm  # noqa: E402
+from nar.losses import reconstruction_loss  # noqa: E402
 
 
 def seconds_per_step(llm, precision: str, b: int, n: int, steps: int, warmup: int) -> float:
@@ -38,9 +38,9 @@ def seconds_per_step(llm, precision: str, b: int, n: int, steps: int, warmup: in
     times = []
     for i in range(warmup + steps):
         t0 = time.perf_counter()
-        ce, _ = _reconstruction(llm, E, M, targets, layout, precision)
+        rec = reconstruction_loss(llm, E, M, targets, layout, precision)
         opt.zero_grad()
-        ce.sum().backward()
+        rec.ce.sum().backward()
         opt.step()
         if i >= warmup:
             times.append(time.perf_counter() - t0)

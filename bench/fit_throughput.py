@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nar.config import FitConfig  # noqa: E402
+from nar.data import bundled_texts  # noqa: E402
 from nar.fit import fit_texts  # noqa: E402
 from nar.llm import load_llm  # noqa: E402
 
@@ -64,7 +65,7 @@ GROUPS = {"16": (15, 17), "32": (28, 32), "mixed": (8, 32)}
 
 def pick_texts(llm, group: str, k: int) -> list[str]:
     lo, hi = GROUPS[group]
-    rows = [json.loads(x)["text"] for x in (ROOT / "data" / "texts.jsonl").read_text().splitlines() if x.strip()]
+    rows = [r["text"] for r in bundled_texts()]
     out = [t for t in rows if lo <= len(llm.encode(t)) <= hi]
     if len(out) < k:
         raise SystemExit(f"only {len(out)} texts with {lo}-{hi} tokens, asked for {k}")

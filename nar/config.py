@@ -1,8 +1,13 @@
-"""One frozen dataclass per stage. CLI options map one-to-one onto these fields."""
+"""One frozen dataclass per stage, with a docstring per field (the CLI's help text) and validation in
+`__post_init__`. The CLI derives each command's options from these fields (`cli.options`), so a default
+lives in exactly one place and a Python caller gets what the CLI gets."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
 import json
 from dataclasses import dataclass
 
@@ -14,38 +19,71 @@ def _check(cond: bool, msg: str) -> None:
         raise NarError(msg)
 
 
+class StageConfig:
+    """What every stage's config can do: dict/JSON round trips (unknown keys of newer or older versions are
+    ignored; fields a saved config predates take `LEGACY` values), copies with changes, field docs."""
+
+    LEGACY: dict = {}
+    """Values of fields that a config saved before they existed was run with."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{**cls.LEGACY, **{k: v for k, v in d.items() if k in names}})
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """{field: its docstring} of a config dataclass, read from its source (the string after each field)."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    docs = {}
+    for prev, node in zip(body, body[1:]):
+        if (isinstance(prev, ast.AnnAssign) and isinstance(prev.target, ast.Name) and isinstance(node, ast.Expr)
+                and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
+            docs[prev.target.id] = " ".join(node.value.value.split())
+    return docs
+
+
 @dataclass(frozen=True)
-class FitConfig:
+class FitConfig(StageConfig):
     """How proto-tokens are fitted to target texts (Paper A's recipe plus the options we measured)."""
 
     max_steps: int = 500
     """Optimiser steps per text before giving up (the best vectors seen are kept)."""
     target_acc: float = 1.0
     """Token accuracy at which a text stops early (1.0 = argmax reproduces every token)."""
+    init: str = "tokens"
+    """'embed_std' (Paper A): randn scaled by the std of the LLM's embedding matrix; 'randn': plain N(0, 1);
+    'tokens': e and m start at the mean of the target's own token embeddings plus 'embed_std' noise;
+    'teacher' (build-corpus): e starts at a fixed projection of the text's teacher embedding, scaled to
+    a token's norm, m as 'embed_std'. The projection is one frame for the whole corpus."""
     lr: float = 3e-2
     """AdamW (peak) learning rate (Paper A: 1e-2 constant; measured faster here: 3e-2 with the cosine schedule)."""
+    lr_schedule: str = "cosine"
+    """'constant' (Paper A) or 'cosine': per text, linear warm-up over warmup_steps, then cosine decay
+    from lr to lr/10 at max_steps (each slot follows its own text's step count)."""
+    warmup_steps: int = 10
+    """Linear warm-up steps of the 'cosine' schedule."""
     beta1: float = 0.9
     """AdamW beta1 (Paper A: 0.9)."""
     beta2: float = 0.9
     """AdamW beta2 (Paper A: 0.9, not the usual 0.999)."""
     weight_decay: float = 0.01
     """AdamW decoupled weight decay on e and m (Paper A: 0.01)."""
-    lr_schedule: str = "cosine"
-    """'constant' (Paper A) or 'cosine': per text, linear warm-up over warmup_steps, then cosine decay
-    from lr to lr/10 at max_steps (each slot follows its own text's step count)."""
-    warmup_steps: int = 10
-    """Linear warm-up steps of the 'cosine' schedule."""
-    init: str = "tokens"
-    """'embed_std' (Paper A): randn scaled by the std of the LLM's embedding matrix; 'randn': plain N(0, 1);
-    'tokens': e and m start at the mean of the target's own token embeddings plus 'embed_std' noise;
-    'teacher' (build-corpus): e starts at a fixed projection of the text's teacher embedding, scaled to
-    a token's norm, m as 'embed_std'. The projection is one frame for the whole corpus."""
     prefix: str = "bos"
     """Fixed, untrained tokens before e: 'bos' (the tokenizer's BOS), 'none', or literal text."""
     first: str = "e"
     """Which position predicts the first target token: 'e' (its own output) or 'm' (the first m)."""
-    share_m: bool = False
-    """One m shared by every text of the run (fitted jointly, stopped as a group); else per-text m."""
     precision: str = "bf16"
     """'bf16': bfloat16 autocast for the LLM's matmuls (proto-tokens stay fp32); 'fp32': none."""
     num_slots: int = 8
@@ -76,25 +114,16 @@ class FitConfig:
         _check(self.num_slots >= 1, "num_slots must be >= 1")
         _check(self.max_tokens >= 1, "max_tokens must be >= 1")
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> FitConfig:
-        """From a saved config; fields it predates take the values that were in force before they existed."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{**_FIT_LEGACY, **{k: v for k, v in d.items() if k in names}})
+FitConfig.LEGACY = {"lr_schedule": "constant", "warmup_steps": 0}  # nar 0.1.0 manifests predate the schedule
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-
-_FIT_LEGACY = {"lr_schedule": "constant", "warmup_steps": 0}
-"""What a FitConfig saved before these fields existed was run with (nar 0.1.0 manifests)."""
+CORPUS_FIT = FitConfig(init="teacher", max_tokens=32)
+"""The fit defaults of `build-corpus` (`nar.build.build_corpus`): e starts in the corpus's teacher frame, and
+targets are short (longer ones are skipped or truncated, BuildConfig.on_long)."""
 
 
 @dataclass(frozen=True)
-class BuildConfig:
+class BuildConfig(StageConfig):
     """How `nar build-corpus` reads its input and regularises the fit (fit options are in FitConfig)."""
 
     input: str
@@ -165,12 +194,9 @@ class BuildConfig:
         _check((self.source_column is None) == (self.target_column is None),
                "--source-column and --target-column go together")
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 @dataclass(frozen=True)
-class EncoderConfig:
+class EncoderConfig(StageConfig):
     """The encoder network: source text -> (e_1..e_k, m, N)."""
 
     reader: str = "llm"
@@ -207,17 +233,9 @@ class EncoderConfig:
         _check(self.n_e >= 1 and self.lora_rank >= 0, "n_e must be >= 1 and lora_rank >= 0")
         _check(self.reader == "llm" or self.lora_rank == 0, "lora_rank needs reader 'llm'")
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> EncoderConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(StageConfig):
     """How `nar train-encoder` trains (the network's shape is EncoderConfig).
 
     Training data is either (source, target) pairs read from a file (amortised training: the loss is the
@@ -289,5 +307,130 @@ class TrainConfig:
         _check((self.source_column is None) == (self.target_column is None),
                "give both source_column and target_column, or neither")
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+
+@dataclass(frozen=True)
+class IndexConfig(StageConfig):
+    """A FAISS index over a corpus (`nar index build`, `nar neighbors`)."""
+
+    space: str = "e"
+    """Proto-token space: 'e', 'm' or 'em' (e and m, each half normalised), or 'teacher'."""
+    kind: str = "flat"
+    """'flat' (exact), 'ivf' (large corpora) or 'hnsw' (graph)."""
+    nlist: int | None = None
+    """IVF lists (default 4*sqrt(N))."""
+    nprobe: int = 8
+    """IVF lists visited per query."""
+    hnsw_m: int = 32
+    """HNSW neighbours per node."""
+    ef_search: int = 64
+    """HNSW search breadth."""
+
+    def __post_init__(self) -> None:
+        _check(self.space in ("e", "m", "em", "teacher"), "space must be 'e', 'm', 'em' or 'teacher'")
+        _check(self.kind in ("flat", "ivf", "hnsw"), "kind must be 'flat', 'ivf' or 'hnsw'")
+        _check(min(self.nprobe, self.hnsw_m, self.ef_search) >= 1 and (self.nlist or 1) >= 1, "sizes must be >= 1")
+
+
+@dataclass(frozen=True)
+class StabilityConfig(StageConfig):
+    """`nar analyze stability`: accuracy of converged rows under noise on e, m or both."""
+
+    sample: int = 32
+    """Converged texts to perturb (a seeded sample)."""
+    alphas: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+    """Noise intensities (expected noise norm / vector norm)."""
+    repeats: int = 3
+    """Noise draws per intensity."""
+    seed: int = 0
+    """Seed of the sample and of the noise."""
+
+    def __post_init__(self) -> None:
+        _check(self.sample >= 1 and self.repeats >= 1, "sample and repeats must be >= 1")
+        _check(len(self.alphas) >= 1 and min(self.alphas) >= 0, "alphas must be >= 0")
+
+
+@dataclass(frozen=True)
+class AttentionConfig(StageConfig):
+    """`nar analyze attention`: attention paid to e (and the prefix) per layer and head."""
+
+    sample: int = 16
+    """Converged texts to average over (a seeded sample)."""
+    seed: int = 0
+    """Seed of the sample."""
+
+    def __post_init__(self) -> None:
+        _check(self.sample >= 1, "sample must be >= 1")
+
+
+@dataclass(frozen=True)
+class SemanticsConfig(StageConfig):
+    """`nar analyze semantics`: STS-B Spearman of e, m, e+m and the teacher per fitting variant, and the
+    augmentation experiment."""
+
+    stsb: str | None = None
+    """STS-B tsv in GLUE layout (sentence1, sentence2, score), e.g. GLUE's STS-B dev.tsv; required."""
+    pairs: int = 100
+    """STS-B pairs (a seeded sample)."""
+    variants: tuple[str, ...] = ("none", "teacher_bank")
+    """Fitting variants to compare (nar.analysis.semantics.STS_VARIANTS; see docs/ANALYSES.md)."""
+    max_steps: int = 200
+    """Steps per text."""
+    slots: int = 8
+    """Texts fitted at once."""
+    augment: str = "bundled"
+    """Original/lexical/semantic triples (.jsonl): 'bundled' (nar/assets/augment.jsonl), a path, or 'none'."""
+    augment_steps: int | None = None
+    """Steps per augmentation text (default max_steps)."""
+    precision: str = "bf16"
+    """'bf16' autocast or 'fp32'."""
+
+    def __post_init__(self) -> None:
+        _check(self.stsb is not None, "give the STS-B file: --stsb PATH (GLUE's STS-B dev.tsv)")
+        _check(self.pairs >= 2 and self.max_steps >= 1 and self.slots >= 1, "pairs >= 2, max_steps and slots >= 1")
+        _check(self.precision in ("bf16", "fp32"), "precision must be 'bf16' or 'fp32'")
+
+
+@dataclass(frozen=True)
+class CapacityConfig(StageConfig):
+    """`nar analyze capacity`: accuracy vs N, the largest N two proto-tokens reconstruct."""
+
+    texts: int = 3
+    """How many long texts (the bundled texts joined in order)."""
+    ns: tuple[int, ...] = (8, 16, 24, 32, 48)
+    """Target lengths N."""
+    max_steps: int = 800
+    """Steps per (text, N)."""
+    threshold: float = 0.99
+    """Accuracy that counts as reconstructed."""
+    precision: str = "bf16"
+    """'bf16' autocast or 'fp32'."""
+
+    def __post_init__(self) -> None:
+        _check(self.texts >= 1 and len(self.ns) >= 1 and min(self.ns) >= 1, "texts and every N must be >= 1")
+        _check(0 < self.threshold <= 1, "threshold must be in (0, 1]")
+
+    def fit_config(self) -> FitConfig:
+        return FitConfig(max_steps=self.max_steps, target_acc=self.threshold, precision=self.precision,
+                         max_tokens=max(self.ns))
+
+
+@dataclass(frozen=True)
+class ConnectivityConfig(StageConfig):
+    """`nar analyze connectivity`: two solutions of a text, joined by a line and by a trained Bezier curve."""
+
+    file: str | None = None
+    """Texts, one per line (default: the bundled demo sentences, nar/assets/demo.txt)."""
+    texts: int = 2
+    """How many texts of the file."""
+    max_steps: int = 400
+    """Steps per solution."""
+    curve_steps: int = 150
+    """Steps training the Bezier control point."""
+    grid: int = 11
+    """Points along each path."""
+
+    def __post_init__(self) -> None:
+        _check(min(self.texts, self.max_steps, self.curve_steps) >= 1 and self.grid >= 2, "sizes must be >= 1")
+
+    def fit_config(self) -> FitConfig:
+        return FitConfig(max_steps=self.max_steps)

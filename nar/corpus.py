@@ -1,29 +1,40 @@
 """The corpus store: a folder of Parquet shards of fitted proto-tokens plus `manifest.json`.
 
     CORPUS_DIR/
-      manifest.json            LLM + teacher fingerprints, layout, every hyperparameter, counts
+      manifest.json            LLM + teacher records, layout, every hyperparameter, each run, counts
       shards/*.parquet         one row per text (schema below); written atomically (temp + rename)
+      runs/*.json              each worker's summary of each run (merged into the manifest)
 
 Writes are crash-safe: every finished text is written as soon as it leaves its slot, as a small shard
-(temp file, then `os.replace`), so a `kill -9` loses only the texts still being fitted. At the end
+(`nar.artifacts.atomic_write`), so a `kill -9` loses only the texts still being fitted. At the end
 of a run the small shards are compacted into shards of `shard_size` rows (merged shard written
 first, small ones removed after), and readers de-duplicate by id, so an interrupted compaction can
-never produce duplicates.
+never produce duplicates. `columns` reads whole columns at once (vectors as (N, D) arrays).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
+import statistics
 import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from nar import __version__
+from nar.artifacts import (
+    TMP_PREFIX,
+    atomic_write,
+    atomic_write_json,
+    check_llm,
+    check_teacher,
+    llm_record,
+    read_json,
+    teacher_record,
+)
 from nar.errors import NarError
 
 FORMAT = "nar-corpus/1"
@@ -45,52 +56,74 @@ def schema(dim: int, teacher_dim: int) -> pa.Schema:
     ])
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def result_row(r, rank: int) -> dict:
+    """The stored row of a `nar.fit.FitResult` whose payload carries source, target and teacher."""
+    p = r.payload
+    return {"id": r.key, "source": p["source"], "target": p["target"], "token_ids": r.token_ids,
+            "n_tokens": r.n_tokens, "e": r.e.tolist(), "m": r.m.tolist(), "accuracy": r.accuracy,
+            "steps": r.steps, "loss": r.loss, "seconds": r.seconds, "converged": r.converged,
+            "failed": r.failed, "teacher": p["teacher"].tolist(), "rank": rank}
 
 
-def atomic_write_table(path: Path, table: pa.Table) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".parquet", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _write_table(path: Path, table: pa.Table) -> None:
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp), suffix=".parquet")
+
+
+# ----------------------------------------------------------------------------------------------
+# Manifest and provenance
 
 
 def read_manifest(path: str | Path) -> dict:
-    p = Path(path) / MANIFEST
-    if not p.is_file():
+    if not (Path(path) / MANIFEST).is_file():
         raise NarError(f"{path} is not a nar corpus (no {MANIFEST})")
-    try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise NarError(f"{p} is not valid JSON: {exc}") from exc
+    return read_json(Path(path) / MANIFEST)
 
 
 def write_manifest(path: str | Path, manifest: dict) -> None:
     manifest = dict(manifest, format=FORMAT, nar_version=__version__, updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    atomic_write_bytes(Path(path) / MANIFEST, json.dumps(manifest, indent=2).encode())
+    atomic_write_json(Path(path) / MANIFEST, manifest)
+
+
+def open_corpus(out: str | Path, llm, teacher, layout: dict, fit_config: dict, build_config: dict) -> dict:
+    """Create the corpus folder, or check that the existing one was made with the same models and layout.
+    Returns its manifest."""
+    import logging
+
+    out = Path(out)
+    if (out / MANIFEST).is_file():
+        man = read_manifest(out)
+        check_llm(man, llm, str(out), hint="; use another --out folder")
+        check_teacher(man, teacher, str(out), hint="; use another --out folder")
+        if man.get("layout") != layout:
+            raise NarError(f"{out} uses layout {man.get('layout')}, this run {layout} (--prefix/--first differ)")
+        changed = {k: (man["fit_config"].get(k), v) for k, v in fit_config.items() if man["fit_config"].get(k) != v}
+        if changed:
+            logging.getLogger(__name__).warning(
+                "resuming %s with different fit options %s; each run's options are kept in the manifest", out, changed)
+        return man
+    if out.exists() and any(out.iterdir()):
+        raise NarError(f"{out} exists, is not empty and holds no nar corpus; choose another --out")
+    man = {"llm": llm_record(llm), "teacher": teacher_record(teacher), "layout": layout, "fit_config": fit_config,
+           "build_config": build_config, "runs": [], "counts": {}}
+    write_manifest(out, man)
+    return man
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
 
 
 def shard_files(path: str | Path) -> list[Path]:
     # temp files of an interrupted write start with "." and are never read
-    return sorted(f for f in (Path(path) / SHARDS).glob("*.parquet") if not f.name.startswith("."))
+    return sorted(f for f in (Path(path) / SHARDS).glob("*.parquet") if not f.name.startswith(TMP_PREFIX[0]))
+
+
+def _dedupe(table: pa.Table) -> pa.Table:
+    """The first row of each id."""
+    ids = table.column("id").to_pylist()
+    seen: set[str] = set()
+    keep = [i for i, x in enumerate(ids) if not (x in seen or seen.add(x))]
+    return table if len(keep) == len(ids) else table.take(pa.array(keep, pa.int64()))
 
 
 def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
@@ -99,13 +132,37 @@ def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
     if not files:
         return pa.table({c: [] for c in (columns or ["id"])})
     cols = None if columns is None else list(dict.fromkeys(["id", *columns]))
-    table = pa.concat_tables([pq.read_table(f, columns=cols) for f in files])
-    ids = table.column("id").to_pylist()
-    seen: set[str] = set()
-    keep = [i for i, x in enumerate(ids) if not (x in seen or seen.add(x))]
-    if len(keep) < len(ids):
-        table = table.take(pa.array(keep))
-    return table
+    return _dedupe(pa.concat_tables([pq.read_table(f, columns=cols) for f in files]))
+
+
+ROWS = ("all", "ok", "converged")
+"""Which rows `columns` returns: every row, the rows that did not fail, the converged rows."""
+
+
+def columns(source: str | Path | pa.Table, names: list[str] | tuple[str, ...], rows: str = "all") -> dict:
+    """Whole columns at once: fixed-size vectors (e, m, teacher) as float32 arrays (N, D), numbers and flags as
+    arrays (N,), strings and token-id lists as Python lists. `source` is a corpus folder or a table."""
+    if rows not in ROWS:
+        raise NarError(f"rows must be one of {ROWS}, not {rows!r}")
+    need = {"all": [], "ok": ["failed"], "converged": ["failed", "converged"]}[rows]
+    table = source if isinstance(source, pa.Table) else read_table(source, [*names, *need])
+    if table.num_rows and rows != "all":
+        mask = pc.invert(table.column("failed"))
+        if rows == "converged":
+            mask = pc.and_(mask, table.column("converged"))
+        table = table.filter(mask)
+    out = {}
+    for name in names:
+        col = table.column(name).combine_chunks() if table.num_rows else None
+        if col is None:
+            out[name] = np.zeros((0,), np.float32) if name in ("e", "m", "teacher") else []
+        elif pa.types.is_fixed_size_list(col.type):
+            out[name] = np.array(col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size))
+        elif pa.types.is_list(col.type) or pa.types.is_string(col.type):
+            out[name] = col.to_pylist()
+        else:
+            out[name] = np.array(col.to_numpy(zero_copy_only=False))
+    return out
 
 
 def done_ids(path: str | Path) -> set[str]:
@@ -128,6 +185,10 @@ def load(path: str | Path):
         output_all_columns=True)
 
 
+# ----------------------------------------------------------------------------------------------
+# Writing
+
+
 class ShardWriter:
     """Writes rows for one worker (`rank`), each batch as its own atomically renamed shard."""
 
@@ -145,7 +206,7 @@ class ShardWriter:
             return None
         table = pa.Table.from_pylist([{c: r.get(c) for c in COLUMNS} for r in rows], schema=self.schema)
         path = self.dir / f"r{self.rank:03d}-{self.run}-{self.seq:06d}.parquet"
-        atomic_write_table(path, table)
+        _write_table(path, table)
         self.seq += 1
         self.written += len(rows)
         return path
@@ -162,58 +223,91 @@ def compact(path: str | Path, shard_size: int = 1024, rank: int | None = None) -
              and pq.ParquetFile(f).metadata.num_rows < shard_size]
     if len(small) < 2:
         return 0
-    table = pa.concat_tables([pq.read_table(f) for f in small])
-    ids = table.column("id").to_pylist()
-    seen: set[str] = set()
-    table = table.take(pa.array([i for i, x in enumerate(ids) if not (x in seen or seen.add(x))]))
+    table = _dedupe(pa.concat_tables([pq.read_table(f) for f in small]))
     run = uuid.uuid4().hex[:8]
     r = rank if rank is not None else 0
     for k, lo in enumerate(range(0, table.num_rows, shard_size)):
-        atomic_write_table(Path(path) / SHARDS / f"r{r:03d}-{run}-{k:06d}-c.parquet",
-                            table.slice(lo, shard_size))
+        _write_table(Path(path) / SHARDS / f"r{r:03d}-{run}-{k:06d}-c.parquet", table.slice(lo, shard_size))
     for f in small:
         f.unlink(missing_ok=True)
     return len(small)
+
+
+def write_run(out: str | Path, run: dict) -> None:
+    """Each worker's summary of each run, as its own file (merged into the manifest by `merge`)."""
+    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**9:09d}-r{run['rank']:03d}.json"
+    atomic_write_json(Path(out) / "runs" / name, run)
+
+
+def merge(out: str | Path, shard_size: int = 1024) -> dict:
+    """Compact every worker's small shards and rebuild the manifest's runs and counts from disk.
+
+    Called by rank 0 at the end of every build; also `nar corpus-merge` after an interrupted
+    multi-process run. Idempotent."""
+    out = Path(out)
+    man = read_manifest(out)
+    for r in sorted({int(f.name[1:4]) for f in (out / SHARDS).glob("r*.parquet")}):
+        compact(out, shard_size, rank=r)
+    runs = [read_json(f) for f in sorted((out / "runs").glob("*.json"))]
+    cols = columns(out, ["converged", "rank"])
+    ranks, per_rank = np.unique(np.asarray(cols["rank"], dtype=np.int64), return_counts=True)
+    man["runs"] = runs
+    man["counts"] = {"rows": len(cols["rank"]), "converged": int(np.sum(cols["converged"])),
+                     "rows_per_rank": {str(k): int(v) for k, v in zip(ranks, per_rank)}}
+    write_manifest(out, man)
+    return man["counts"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Summary
 
 
 def info(path: str | Path, teacher_agreement: bool = True) -> dict:
     """Counts, accuracy distribution, provenance and hyperparameters of a corpus, and (optionally) the
     Spearman correlation between pairwise proto-token cosines and the teacher's (how well the space
     mirrors meaning), for e, m and [e; m], over up to 200k pairs of non-failed rows."""
-    import statistics
-
     man = read_manifest(path)
-    table = read_table(path, ["accuracy", "steps", "converged", "failed", "n_tokens"])
-    raw_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in shard_files(path))
-    acc = table.column("accuracy").to_pylist() if table.num_rows else []
-    steps = table.column("steps").to_pylist() if table.num_rows else []
-    ntok = table.column("n_tokens").to_pylist() if table.num_rows else []
+    files = shard_files(path)
+    on_disk = pa.concat_tables([pq.read_table(f, columns=["id"]) for f in files]) if files else None
+    c = columns(path, ["accuracy", "steps", "failed", "n_tokens"])
+    c = {k: np.asarray(v, dtype=np.float64) for k, v in c.items()}  # (an empty corpus gives empty lists)
+    acc, n = c["accuracy"], len(c["accuracy"])
     target = man.get("fit_config", {}).get("target_acc", 1.0)
-    conv = sum(a >= target - 1e-6 for a in acc)
     edges = [0.0, 0.5, 0.8, 0.9, 0.95, 0.99, 1.0]
-    hist = {f"<{hi}": sum(lo <= a < hi for a in acc) for lo, hi in zip(edges, edges[1:])}
-    hist["=1.0"] = sum(a >= 1.0 for a in acc)
+    hist = {f"<{hi}": int(np.sum((acc >= lo) & (acc < hi))) for lo, hi in zip(edges, edges[1:])}
+    hist["=1.0"] = int(np.sum(acc >= 1.0))
+    agreement = None
+    if teacher_agreement and n > 2:
+        import torch
+
+        from nar.space import teacher_agreement as agree
+
+        v = {k: torch.from_numpy(x) for k, x in columns(path, ["e", "m", "teacher"], rows="ok").items()}
+        agreement = {k: round(x, 4) for k, x in agree(v["e"], v["m"], v["teacher"]).items()}
     return {
-        "path": str(path), "count": table.num_rows, "converged": conv, "unique_ids": table.num_rows,
-        "rows_on_disk": raw_rows, "shards": len(shard_files(path)),
-        "failed": sum(table.column("failed").to_pylist()) if table.num_rows else 0,
-        "mean_accuracy": round(sum(acc) / len(acc), 4) if acc else None,
-        "median_steps": statistics.median(steps) if steps else None,
-        "median_tokens": statistics.median(ntok) if ntok else None,
+        "path": str(path), "count": n, "converged": int(np.sum(acc >= target - 1e-6)),
+        "unique_ids": int(pc.count_distinct(on_disk.column("id")).as_py()) if on_disk else 0,
+        "rows_on_disk": on_disk.num_rows if on_disk else 0, "shards": len(files),
+        "failed": int(np.sum(c["failed"])),
+        "mean_accuracy": round(float(np.mean(acc, dtype=np.float64)), 4) if n else None,
+        "median_steps": statistics.median(c["steps"].astype(int).tolist()) if n else None,
+        "median_tokens": statistics.median(c["n_tokens"].astype(int).tolist()) if n else None,
         "accuracy_histogram": hist,
         "llm_fingerprint": man.get("llm", {}).get("fingerprint"), "teacher": man.get("teacher", {}),
         "layout": man.get("layout"), "fit_config": man.get("fit_config"), "build_config": man.get("build_config"),
-        "runs": man.get("runs", []), "nar_version": man.get("nar_version"),
-        "teacher_spearman": _teacher_agreement(path) if teacher_agreement and table.num_rows > 2 else None,
+        "runs": man.get("runs", []), "nar_version": man.get("nar_version"), "teacher_spearman": agreement,
     }
 
 
-def _teacher_agreement(path: str | Path) -> dict:
-    import torch
 
-    from nar.analysis.semantics import teacher_agreement
+def fingerprint(path: str | Path) -> str:
+    """Changes whenever rows are added or the corpus is rebuilt: `count@hash` of the LLM fingerprint and the
+    sorted ids (an index or an encoder records it)."""
+    import hashlib
 
-    t = read_table(path, ["e", "m", "teacher", "failed"])
-    keep = [i for i, f in enumerate(t.column("failed").to_pylist()) if not f]
-    cols = {c: torch.tensor(t.column(c).to_pylist(), dtype=torch.float32)[keep] for c in ("e", "m", "teacher")}
-    return {k: round(v, 4) for k, v in teacher_agreement(cols).items()}
+    man = read_manifest(path)
+    ids = sorted(read_table(path, ["id"]).column("id").to_pylist())
+    h = hashlib.blake2b(digest_size=8)
+    h.update(str(man.get("llm", {}).get("fingerprint")).encode())
+    h.update("\x1f".join(ids).encode())
+    return f"{len(ids)}@{h.hexdigest()}"

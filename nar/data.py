@@ -11,7 +11,6 @@ from nar.errors import NarError
 
 _BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet",
              ".txt": "text"}
-DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 
 
 @dataclass
@@ -105,11 +104,18 @@ def read_rows(cfg: BuildConfig) -> tuple[list[Row], ReadStats]:
     return rows, stats
 
 
-def long_texts(llm, k: int, min_tokens: int) -> list[str]:
-    """k texts of at least `min_tokens` tokens, each the bundled texts joined in order (for capacity)."""
+def bundled_texts() -> list[dict]:
+    """The 320 bundled texts ({id, text, group?}; see nar/assets/README.md)."""
     import json
 
-    rows = [json.loads(x)["text"] for x in (DATA_DIR / "texts.jsonl").read_text().splitlines() if x.strip()]
+    from nar.assets import path
+
+    return [json.loads(x) for x in path("texts.jsonl").read_text().splitlines() if x.strip()]
+
+
+def long_texts(llm, k: int, min_tokens: int) -> list[str]:
+    """k texts of at least `min_tokens` tokens, each the bundled texts joined in order (for capacity)."""
+    rows = [r["text"] for r in bundled_texts()]
     out, cur = [], []
     for t in rows:
         cur.append(t)

@@ -22,7 +22,6 @@ reader weights) and `config.json` (encoder config, LLM and reader fingerprints, 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from nar import __version__
+from nar.artifacts import check_llm, read_json
 from nar.config import EncoderConfig
 from nar.errors import NarError
 from nar.llm import FrozenLLM, Layout
@@ -227,15 +227,14 @@ class Encoder(nn.Module):
     def save_pretrained(self, path: str | Path, extra: dict | None = None) -> None:
         from safetensors.torch import save_file
 
-        from nar.corpus import atomic_write_bytes
+        from nar.artifacts import atomic_write, atomic_write_json
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        tmp = path / ".tmp-model.safetensors"
-        save_file(self.state_tensors(), str(tmp))
-        tmp.replace(path / "model.safetensors")
+        state = self.state_tensors()
+        atomic_write(path / "model.safetensors", lambda tmp: save_file(state, tmp), suffix=".safetensors")
         cfg = {"encoder_config": self.cfg.to_dict(), **self.meta, **(extra or {}), "nar_version": __version__}
-        atomic_write_bytes(path / "config.json", json.dumps(cfg, indent=2).encode())
+        atomic_write_json(path / "config.json", cfg)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, llm: FrozenLLM | None = None,
@@ -251,12 +250,10 @@ class Encoder(nn.Module):
             raise NarError(f"{path} is not an encoder checkpoint (no config.json)")
         if not (path / "model.safetensors").is_file():
             raise NarError(f"{path} is an incomplete encoder checkpoint (no model.safetensors)")
-        meta = json.loads((path / "config.json").read_text())
+        meta = read_json(path / "config.json", "an encoder checkpoint")
         cfg = EncoderConfig.from_dict(meta.pop("encoder_config"))
         if llm is not None:
-            fp = meta["llm"]["fingerprint"]
-            if fp != llm.fingerprint:
-                raise NarError(f"this encoder was trained for LLM {fp}, but the loaded LLM is {llm.fingerprint}")
+            check_llm(meta, llm, "this encoder", verb="trained for")
         reader = make_reader(cfg, llm)
         want = meta.get("reader", {}).get("fingerprint")
         have = reader_info(cfg, reader, llm)["fingerprint"]
@@ -268,9 +265,7 @@ class Encoder(nn.Module):
         return enc.to(dev).eval()
 
     def check_llm(self, llm: FrozenLLM) -> None:
-        fp = self.meta["llm"]["fingerprint"]
-        if fp != llm.fingerprint:
-            raise NarError(f"this encoder was trained for LLM {fp}, but the loaded LLM is {llm.fingerprint}")
+        check_llm(self.meta, llm, "this encoder", verb="trained for")
 
     @property
     def layout(self) -> Layout:

@@ -1,13 +1,15 @@
 """The proto-token optimiser (Paper A): fit (e, m) so that one forward pass reproduces a text.
 
 Texts are fitted in a fixed number of *slots* that form one padded batch. Every slot has its own
-e and m (or shares one m), its own AdamW state and step count, and stops on its own when it reaches
+e and m, its own AdamW state and step count, and stops on its own when it reaches
 the target accuracy or the step cap; the slot is then refilled with the next text (continuous
 batching). The loss is the *sum* over slots of each text's mean cross-entropy, so a text's gradient
 does not depend on which other texts share the batch: fitting in a batch gives the same vectors as
 fitting alone (up to float rounding), unless an extra cross-text loss is passed in.
 
-This module knows nothing about files; `nar.corpus` and the CLI store what it yields.
+The loss is `nar.losses.reconstruction_loss` and the schedule `nar.schedule.warmup_cosine`, the same
+ones encoder training uses. This module knows nothing about files; `nar.corpus` and the CLI store what
+it yields.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from nar.config import FitConfig
 from nar.errors import NarError
 from nar.llm import FrozenLLM, Layout
+from nar.losses import reconstruction_loss
+from nar.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +85,7 @@ class StepStats:
 
 
 ExtraLoss = Callable[[torch.Tensor, torch.Tensor, list[FitItem]], dict[str, torch.Tensor]]
-"""(E (B, D), M (B, D) or (1, D), items of the B active slots) -> named scalar losses, already weighted."""
+"""(E (B, D), M (B, D), items of the B active slots) -> named scalar losses, already weighted."""
 
 
 def init_vector(key: str, seed: int, dim: int, scale: float) -> torch.Tensor:
@@ -96,11 +99,7 @@ def lr_at(cfg: FitConfig, step: int) -> float:
     """The learning rate of a text's `step`-th update (0-based) under cfg's schedule."""
     if cfg.lr_schedule == "constant":
         return cfg.lr
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(cfg.max_steps - cfg.warmup_steps, 1)
-    t = min((step - cfg.warmup_steps) / span, 1.0)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * t)))
+    return warmup_cosine(step, cfg.lr, cfg.warmup_steps, cfg.max_steps)
 
 
 def initial_vectors(llm: FrozenLLM, item: FitItem, cfg: FitConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,9 +136,6 @@ def fit_stream(llm: FrozenLLM, items: Iterable[FitItem], cfg: FitConfig, *,
                extra_loss: ExtraLoss | None = None,
                on_step: Callable[[StepStats], None] | None = None) -> Iterator[FitResult]:
     """Fit every item; yield each result as soon as its slot finishes (not in input order)."""
-    if cfg.share_m:
-        yield from _fit_shared_m(llm, list(items), cfg, extra_loss=extra_loss, on_step=on_step)
-        return
     layout = make_layout(llm, cfg)
     dev, dim = llm.device, llm.hidden_size
     n_slots = cfg.num_slots
@@ -178,7 +174,8 @@ def fit_stream(llm: FrozenLLM, items: Iterable[FitItem], cfg: FitConfig, *,
             return
         E = torch.stack([e_params[i] for i in act])
         M = torch.stack([m_params[i] for i in act])
-        ce, acc = _reconstruction(llm, E, M, [slots[i].targets for i in act], layout, cfg.precision)
+        rec = reconstruction_loss(llm, E, M, [slots[i].targets for i in act], layout, cfg.precision)
+        ce, acc = rec.ce, rec.acc
         ce_now = ce.detach().cpu()
         acc_now = acc.cpu()
         finite = torch.isfinite(ce)
@@ -219,30 +216,12 @@ def fit_stream(llm: FrozenLLM, items: Iterable[FitItem], cfg: FitConfig, *,
                     slots[i].steps += 1
         step += 1
         for i, failed in done:
-            yield _result(slots[i], cfg, failed)
+            yield _result(slots[i], cfg, failed, dim)
             fill(i)
 
 
-def _reconstruction(llm: FrozenLLM, E: torch.Tensor, M: torch.Tensor, targets: list[torch.Tensor],
-                    layout: Layout, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-text mean cross-entropy and token accuracy, both (B,), from one padded forward pass."""
-    n = max(len(t) for t in targets)
-    tgt = torch.full((len(targets), n), -100, dtype=torch.long, device=E.device)
-    for j, t in enumerate(targets):
-        tgt[j, : len(t)] = t
-    with llm.autocast(precision):
-        logits = llm.proto_logits(E, M, n, layout)
-    logits = logits.float()
-    valid = tgt != -100
-    lengths = valid.sum(1)
-    ce = F.cross_entropy(logits.transpose(1, 2), tgt, ignore_index=-100, reduction="none").sum(1) / lengths
-    acc = ((logits.argmax(-1) == tgt) & valid).sum(1) / lengths
-    return ce, acc.detach()
-
-
-def _result(s: _Slot, cfg: FitConfig, failed: bool) -> FitResult:
-    dim = s.best_e.shape[0] if s.best_e is not None else 0
-    nan = torch.full((dim,), float("nan"))
+def _result(s: _Slot, cfg: FitConfig, failed: bool, dim: int) -> FitResult:
+    nan = torch.full((dim,), float("nan"))  # a text that failed at its first step has no vectors: NaN (D,)
     return FitResult(
         key=s.item.key,
         e=s.best_e if s.best_e is not None else nan,
@@ -258,61 +237,22 @@ def _result(s: _Slot, cfg: FitConfig, failed: bool) -> FitResult:
     )
 
 
-def _fit_shared_m(llm: FrozenLLM, items: list[FitItem], cfg: FitConfig, *, extra_loss: ExtraLoss | None,
-                  on_step: Callable[[StepStats], None] | None) -> Iterator[FitResult]:
-    """All texts at once with a single m; the group stops together and keeps its best joint state."""
-    if not items:
-        return
-    layout = make_layout(llm, cfg)
-    dev, dim = llm.device, llm.hidden_size
-    scale = llm.embed_std if cfg.init != "randn" else 1.0
-    E = torch.stack([initial_vectors(llm, it, cfg)[0] for it in items]).to(dev)
-    E.requires_grad_(True)
-    m = init_vector("shared/m", cfg.seed, dim, scale).to(dev).unsqueeze(0).requires_grad_(True)
-    opt = torch.optim.AdamW([E, m], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
-    targets = [torch.tensor(it.ids, dtype=torch.long, device=dev) for it in items]
-    t0 = time.perf_counter()
-    best = (-1.0, math.inf, None, None, None, None)  # mean acc, loss, E, m, per-text acc, per-text ce
-    steps = 0
-    while True:
-        ce, acc = _reconstruction(llm, E, m, targets, layout, cfg.precision)
-        loss = ce.sum()
-        extras = extra_loss(E, m, items) if extra_loss else {}
-        for v in extras.values():
-            loss = loss + v
-        if not torch.isfinite(loss):
-            raise NarError("loss became NaN/inf while fitting with a shared m; lower --lr")
-        mean_acc, total = float(acc.mean()), float(ce.detach().sum())
-        if mean_acc > best[0] or (mean_acc == best[0] and total < best[1]):
-            best = (mean_acc, total, E.detach().cpu().clone(), m.detach().cpu().clone(), acc.cpu(), ce.detach().cpu())
-        if on_step:
-            on_step(StepStats(steps, len(items), float(loss.detach()), mean_acc,
-                              {k: float(v.detach()) for k, v in extras.items()}))
-        if float(acc.min()) >= cfg.target_acc or steps >= cfg.max_steps:
-            break
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for g in opt.param_groups:
-            g["lr"] = lr_at(cfg, steps)
-        opt.step()
-        steps += 1
-    seconds = time.perf_counter() - t0
-    _, _, bE, bm, bacc, bce = best
-    for j, it in enumerate(items):
-        a = float(bacc[j])
-        yield FitResult(key=it.key, e=bE[j], m=bm[0], token_ids=list(it.ids), accuracy=a, steps=steps,
-                        loss=float(bce[j]), seconds=seconds, converged=a >= cfg.target_acc, payload=it.payload)
-
-
-def prepare_ids(llm: FrozenLLM, text: str, cfg: FitConfig) -> list[int]:
-    """Tokenise one target, with the checks every entry point needs."""
-    if not text or not text.strip():
-        raise NarError("empty text: nothing to reconstruct")
+def target_ids(llm: FrozenLLM, text: str, cfg: FitConfig) -> list[int]:
+    """A target's token ids: the text's tokens, and EOS after them with cfg.append_eos."""
     ids = llm.encode(text)
     if cfg.append_eos:
         if llm.eos_id is None:
             raise NarError(f"model {llm.name} has no EOS token; drop --append-eos")
         ids = ids + [llm.eos_id]
+    return ids
+
+
+def prepare_ids(llm: FrozenLLM, text: str, cfg: FitConfig) -> list[int]:
+    """`target_ids`, refusing an empty text and one over cfg.max_tokens (what every caller that cannot
+    skip a text needs; build-corpus skips or truncates instead)."""
+    if not text or not text.strip():
+        raise NarError("empty text: nothing to reconstruct")
+    ids = target_ids(llm, text, cfg)
     if len(ids) > cfg.max_tokens:
         raise NarError(f"text is {len(ids)} tokens, over --max-tokens {cfg.max_tokens}: {text[:60]!r}...")
     return ids

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from nar.artifacts import llm_record, weights_hash
 from nar.errors import NarError
 
 log = logging.getLogger(__name__)
@@ -254,14 +255,7 @@ def model_fingerprint(model, name: str) -> str:
               "architectures", "_attn_implementation_autoset", "attn_implementation"):
         cfg.pop(k, None)
     h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
-    seen = set()
-    for key, tensor in sorted(model.state_dict().items()):
-        if tensor.data_ptr() in seen:  # tied weights count once
-            continue
-        seen.add(tensor.data_ptr())
-        h.update(key.encode())
-        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return f"{name}@{h.hexdigest()}"
+    return f"{name}@{weights_hash(model.state_dict(), h)}"
 
 
 def default_gguf_path() -> Path:
@@ -313,10 +307,8 @@ def _cached_default() -> Path:
     return folder
 
 
-def frozen_llm_info(llm: FrozenLLM) -> dict:
-    """Provenance written into every artifact."""
-    return {"name": llm.name, "fingerprint": llm.fingerprint, "hidden_size": llm.hidden_size,
-            "dtype": str(llm.dtype).replace("torch.", "")}
+frozen_llm_info = llm_record
+"""Provenance written into every artifact (kept name; `nar.artifacts.llm_record`)."""
 
 
 __all__ = ["DEFAULT_MODEL", "FrozenLLM", "Layout", "cache_dir", "load_llm", "model_fingerprint",

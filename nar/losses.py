@@ -1,7 +1,7 @@
-"""Regularisers that tie proto-token space to a sentence-embedding teacher (formulas in docs/METHOD.md).
+"""The losses of proto-token space (formulas in docs/METHOD.md).
 
-Reconstruction cross-entropy lives in `nar.fit`; here are the cross-text terms:
-
+- reconstruction: the cross-entropy of the target tokens from ONE forward pass of the frozen LLM on
+  [prefix][e][m x ...]; the one loss of fitting, encoder training, the analyses and the benches;
 - relational distillation (RD): the cosine-similarity matrix of the proto-tokens is pulled towards the
   teacher's matrix for the same texts (only relations, never positions), optionally against a bank of
   already-finished texts so every batch is measured in one frame;
@@ -11,25 +11,62 @@ Reconstruction cross-entropy lives in `nar.fit`; here are the cross-text terms:
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from nar.errors import NarError
+from nar.space import PROTO_SPACES, proto_space
 
-RD_TARGETS = ("e", "m", "em")
+IGNORE = -100
+"""Target value of the padding after a text's end (ignored by the cross-entropy)."""
 
 
-def proto_view(E: torch.Tensor, M: torch.Tensor, target: str) -> torch.Tensor:
-    """The vectors RD compares: e (B, D), m (B, D) or [e; m] (B, 2D). M may be (1, D) when shared."""
-    if target == "e":
-        return E
-    M = M.expand_as(E)
-    if target == "m":
-        return M
-    if target == "em":
-        return torch.cat([E, M], dim=-1)
-    raise NarError(f"rd target must be one of {RD_TARGETS}, not {target!r}")
+def pad_targets(targets: Sequence[Sequence[int] | torch.Tensor], device: torch.device | str = "cpu"
+                ) -> torch.Tensor:
+    """(B, max N) long tensor of the target ids, right-padded with IGNORE."""
+    n = max(len(t) for t in targets)
+    tgt = torch.full((len(targets), n), IGNORE, dtype=torch.long, device=device)
+    for j, t in enumerate(targets):
+        tgt[j, : len(t)] = torch.as_tensor(t, dtype=torch.long)
+    return tgt
+
+
+@dataclass
+class Reconstruction:
+    """Per-text figures of one teacher-forced pass. All (B,)."""
+
+    ce: torch.Tensor
+    """Each text's mean cross-entropy over its own tokens (differentiable)."""
+    acc: torch.Tensor
+    """Each text's token accuracy of the argmax (no gradient)."""
+    n_tokens: torch.Tensor
+    """Each text's number of target tokens."""
+
+    def token_mean(self) -> torch.Tensor:
+        """The cross-entropy of every target token of the batch, pooled (long texts weigh more)."""
+        return (self.ce * self.n_tokens).sum() / self.n_tokens.sum()
+
+
+def reconstruction_loss(llm, e: torch.Tensor, m: torch.Tensor, targets: Sequence[Sequence[int] | torch.Tensor],
+                        layout, precision: str = "fp32", pos: torch.Tensor | None = None) -> Reconstruction:
+    """Cross-entropy and accuracy of each target from one padded forward pass of the frozen LLM.
+
+    e: (B, D) or (B, k, D); m: (B, D) or (1, D) shared; pos: optional position codes added to the m copies
+    (an encoder's, see `FrozenLLM.proto_inputs`); targets: B id sequences (lengths may differ: right padding needs
+    no attention mask, attention being causal). precision 'bf16' autocasts the LLM's matmuls. A text's
+    loss does not depend on its batch-mates."""
+    tgt = pad_targets(targets, e.device)
+    with llm.autocast(precision):
+        logits = llm.proto_logits(e, m, tgt.shape[1], layout, pos)
+    logits = logits.float()
+    valid = tgt != IGNORE
+    lengths = valid.sum(1)
+    ce = F.cross_entropy(logits.transpose(1, 2), tgt, ignore_index=IGNORE, reduction="none").sum(1) / lengths
+    acc = ((logits.argmax(-1) == tgt) & valid).sum(1) / lengths
+    return Reconstruction(ce, acc.detach(), lengths)
 
 
 def relational_loss(P: torch.Tensor, T: torch.Tensor, bank_P: torch.Tensor | None = None,
@@ -106,8 +143,8 @@ class TeacherRegulariser:
 
     def __init__(self, rd_weight: float, anchor_weight: float, rd_target: str, Q: torch.Tensor | None,
                  bank: MemoryBank | None = None):
-        if rd_target not in RD_TARGETS:
-            raise NarError(f"rd target must be one of {RD_TARGETS}, not {rd_target!r}")
+        if rd_target not in PROTO_SPACES:
+            raise NarError(f"rd target must be one of {PROTO_SPACES}, not {rd_target!r}")
         self.rd_weight, self.anchor_weight, self.rd_target = rd_weight, anchor_weight, rd_target
         self.Q, self.bank = Q, bank
         self._cache: dict[tuple[str, ...], torch.Tensor] = {}
@@ -121,7 +158,7 @@ class TeacherRegulariser:
         out: dict[str, torch.Tensor] = {}
         if self.rd_weight > 0:
             bp, bt = self.bank.tensors() if self.bank is not None else (None, None)
-            out["rd_loss"] = self.rd_weight * relational_loss(proto_view(E, M, self.rd_target), T, bp, bt)
+            out["rd_loss"] = self.rd_weight * relational_loss(proto_space(E, M, self.rd_target), T, bp, bt)
         if self.anchor_weight > 0:
             out["anchor_loss"] = self.anchor_weight * anchor_loss(E, T, self.Q)
         return out

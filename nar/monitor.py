@@ -1,4 +1,5 @@
-"""Monitoring: rich progress for fitting, and one small TensorBoard writer with a no-op twin."""
+"""Monitoring: rich progress for fitting, one small TensorBoard writer with a no-op twin, and the
+TensorBoard embedding projector of a corpus."""
 
 from __future__ import annotations
 
@@ -101,3 +102,24 @@ class NullWriter:
 
     def close(self) -> None:
         pass
+
+
+def write_projector(path: str | Path, space: str = "e", log_dir: str | Path | None = None) -> Path:
+    """A TensorBoard embedding-projector log of a corpus: vectors of the space, text + accuracy + N + RD
+    weight as metadata. Browse with `tensorboard --logdir LOG_DIR` (Projector tab)."""
+    import torch
+    from torch.utils.tensorboard import SummaryWriter
+
+    from nar.corpus import read_manifest
+    from nar.index import corpus_vectors
+
+    ids, x, cols = corpus_vectors(path, space)
+    rd = read_manifest(path).get("build_config", {}).get("rd_weight")
+    log_dir = Path(log_dir or Path(path) / "projector" / space)
+    w = SummaryWriter(log_dir=str(log_dir))
+    meta = [[i, t.replace("\t", " ").replace("\n", " ")[:200], f"{a:.3f}", str(n), str(rd)]
+            for i, t, a, n in zip(ids, cols["target"], cols["accuracy"], cols["n_tokens"])]
+    w.add_embedding(torch.from_numpy(x), metadata=meta, metadata_header=["id", "text", "accuracy", "n_tokens",
+                                                                          "rd_weight"], tag=f"proto_{space}")
+    w.close()
+    return log_dir

@@ -10,6 +10,7 @@ import json
 import time
 from pathlib import Path
 
+from nar.artifacts import atomic_write_jsonl
 from nar.decode import generate_greedy
 from nar.errors import NarError
 from nar.llm import FrozenLLM, load_llm
@@ -76,10 +77,6 @@ def make_pairs(prompts: Path, out: Path, *, model: str | FrozenLLM = "smollm2-13
                 records.append({"id": rid, "source": p, "target": text, "n_tokens": len(ids),
                                 "hit_limit": len(ids) >= max_new_tokens})
             prog.advance(task, len(chunk))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    tmp.replace(out)
+    out = atomic_write_jsonl(out, records)
     return {"pairs": len(records), "hit_limit": sum(r["hit_limit"] for r in records),
             "seconds": round(time.perf_counter() - t0, 1), "out": str(out), "model": llm.fingerprint}

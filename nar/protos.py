@@ -1,25 +1,25 @@
 """A file of fitted proto-tokens: tensors in safetensors, provenance in its JSON metadata.
 
     e        (B, D) float32
-    m        (B, D) float32, or (1, D) when m was shared
+    m        (B, D) float32, or (1, D) when one m serves every text
     n_tokens (B,)   int64
     token_ids(B, Nmax) int64, padded with -1
 
 Metadata (one JSON string under the key "nar"): texts, layout, fit config, LLM name and fingerprint,
-per-text accuracy/steps/loss/seconds, nar version. Reloads bit-exactly.
+per-text accuracy/steps/loss/seconds, nar version. Reloads bit-exactly; `load(path, llm=...)` refuses a
+file fitted on another model.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from nar import __version__
+from nar.artifacts import atomic_write, check_llm
 from nar.errors import NarError
 from nar.fit import FitResult
 from nar.llm import FrozenLLM, Layout
@@ -36,9 +36,8 @@ class ProtoSet:
 
     @classmethod
     def from_results(cls, results: list[FitResult], layout: Layout, meta: dict) -> ProtoSet:
-        shared = bool(meta.get("fit_config", {}).get("share_m"))
         e = torch.stack([r.e for r in results]).float()
-        m = results[0].m.unsqueeze(0).float() if shared else torch.stack([r.m for r in results]).float()
+        m = torch.stack([r.m for r in results]).float()
         meta = dict(meta)
         meta["results"] = [{"key": r.key, "accuracy": r.accuracy, "steps": r.steps, "loss": r.loss,
                             "seconds": r.seconds, "converged": r.converged, "failed": r.failed}
@@ -46,9 +45,7 @@ class ProtoSet:
         return cls(e, m, [r.n_tokens for r in results], [list(r.token_ids) for r in results], layout, meta)
 
     def check_llm(self, llm: FrozenLLM) -> None:
-        fp = self.meta.get("llm", {}).get("fingerprint")
-        if fp and fp != llm.fingerprint:
-            raise NarError(f"these proto-tokens were fitted on {fp}, but the loaded model is {llm.fingerprint}")
+        check_llm(self.meta, llm, "these proto-tokens", verb="fitted with")
 
     def save(self, path: str | Path) -> None:
         """Atomic write (temp file + rename) of a .safetensors file."""
@@ -62,18 +59,12 @@ class ProtoSet:
         meta = dict(self.meta, layout=self.layout.to_dict(), nar_version=__version__)
         tensors = {"e": self.e.contiguous(), "m": self.m.contiguous(),
                    "n_tokens": torch.tensor(self.n_tokens, dtype=torch.int64), "token_ids": ids}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={"nar": json.dumps(meta)})
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"nar": json.dumps(meta)}),
+                     suffix=".safetensors")
 
     @classmethod
-    def load(cls, path: str | Path) -> ProtoSet:
+    def load(cls, path: str | Path, llm: FrozenLLM | None = None) -> ProtoSet:
+        """The file at `path`; with `llm`, refused unless it was fitted with that model."""
         from safetensors import safe_open
 
         path = Path(path)
@@ -87,4 +78,7 @@ class ProtoSet:
             raise NarError(f"{path} is not a readable proto-token file: {exc}") from exc
         n = t["n_tokens"].tolist()
         ids = [row[:k] for row, k in zip(t["token_ids"].tolist(), n)]
-        return cls(t["e"], t["m"], n, ids, Layout.from_dict(meta.get("layout", {})), meta)
+        protos = cls(t["e"], t["m"], n, ids, Layout.from_dict(meta.get("layout", {})), meta)
+        if llm is not None:
+            protos.check_llm(llm)
+        return protos

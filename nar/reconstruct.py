@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from nar import __version__
+from nar.artifacts import llm_record
 from nar.config import FitConfig
 from nar.decode import decode_ids, token_accuracy
 from nar.fit import fit_texts, make_layout, prepare_ids
-from nar.llm import FrozenLLM, frozen_llm_info, load_llm
+from nar.llm import FrozenLLM, load_llm
 from nar.monitor import FitProgress
 from nar.protos import ProtoSet
 
@@ -27,7 +28,7 @@ def reconstruct(texts: list[str], cfg: FitConfig, *, model: str | FrozenLLM = "s
         results = fit_texts(llm, texts, cfg, on_step=prog.on_step, on_result=prog.on_result)
     layout = make_layout(llm, cfg)
     protos = ProtoSet.from_results(results, layout, {"texts": texts, "fit_config": cfg.to_dict(),
-                                                     "llm": frozen_llm_info(llm), "nar_version": __version__})
+                                                     "llm": llm_record(llm), "nar_version": __version__})
     stop = cfg.append_eos
     pred = decode_ids(llm, protos.e, protos.m, protos.n_tokens, layout, precision=cfg.precision,
                       stop_at_eos=stop)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from pathlib import Path
 
 import torch
 
+from nar.artifacts import weights_hash
 from nar.errors import NarError
 
 DEFAULT_TEACHER = "all-MiniLM-L6-v2"
@@ -64,8 +64,4 @@ def load_teacher(name_or_path: str = DEFAULT_TEACHER, device: str = "cpu") -> Te
         model = SentenceTransformer(path, device=device)
     except (OSError, ValueError) as exc:
         raise NarError(f"cannot load teacher {name_or_path!r}: {str(exc).splitlines()[0]}") from exc
-    h = hashlib.blake2b(digest_size=8)
-    for key, tensor in sorted(model.state_dict().items()):
-        h.update(key.encode())
-        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return Teacher(model, name=name, fingerprint=f"{name}@{h.hexdigest()}")
+    return Teacher(model, name=name, fingerprint=f"{name}@{weights_hash(model.state_dict())}")

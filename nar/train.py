@@ -12,8 +12,6 @@ state it uses, so `--resume` continues bit for bit; `best/` holds the best perio
 
 from __future__ import annotations
 
-import json
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -23,10 +21,13 @@ import torch
 import torch.nn.functional as F
 
 from nar import corpus as corpus_store
+from nar.artifacts import atomic_write, llm_record, read_json
 from nar.config import EncoderConfig, TrainConfig
 from nar.encoder import Encoder, make_reader, reader_info
 from nar.errors import NarError
-from nar.llm import FrozenLLM, Layout, frozen_llm_info
+from nar.llm import FrozenLLM, Layout
+from nar.losses import reconstruction_loss
+from nar.schedule import warmup_cosine
 
 
 @dataclass
@@ -97,15 +98,25 @@ def load_pairs(path: str | Path, llm: FrozenLLM, cfg: TrainConfig) -> Pairs:
 
 
 def _corpus_pairs(path: str | Path, cfg: TrainConfig) -> Pairs:
-    t = corpus_store.read_table(path)
-    cols = {c: t.column(c).to_pylist() for c in ("id", "source", "target", "token_ids", "failed", "accuracy")}
-    keep = [i for i in range(t.num_rows) if not cols["failed"][i] and cols["accuracy"][i] >= cfg.min_accuracy - 1e-6]
+    cols = corpus_store.columns(path, ("id", "source", "target", "token_ids", "accuracy", "e", "m"), rows="ok")
+    keep = [i for i, a in enumerate(cols["accuracy"]) if a >= cfg.min_accuracy - 1e-6]
     if len(keep) < 2:
         raise NarError(f"corpus {path} has {len(keep)} rows at accuracy >= {cfg.min_accuracy}; need at least 2")
-    e, m = (torch.tensor(t.column(c).to_pylist())[keep] for c in ("e", "m"))
     return Pairs(ids=[cols["id"][i] for i in keep], sources=[cols["source"][i] or cols["target"][i] for i in keep],
-                 targets=[cols["target"][i] for i in keep], token_ids=[cols["token_ids"][i] for i in keep],
-                 e=e, m=m, stats={"read": t.num_rows, "kept": len(keep)})
+                 targets=[cols["target"][i] for i in keep], token_ids=[list(cols["token_ids"][i]) for i in keep],
+                 e=torch.as_tensor(cols["e"][keep]).float(), m=torch.as_tensor(cols["m"][keep]).float(),
+                 stats={"read": len(cols["id"]), "kept": len(keep)})
+
+
+def llm_for(data: str | Path | None, model: str, device: str = "auto") -> FrozenLLM:
+    """The frozen LLM a training or evaluation run uses: a corpus folder's own, else `model`."""
+    if data is not None and is_corpus(data):
+        from nar.frame import corpus_llm
+
+        return corpus_llm(data, device=device)[0]
+    from nar.llm import load_llm
+
+    return load_llm(model, device=device)
 
 
 def split(n: int, val_frac: float, seed: int) -> tuple[list[int], list[int]]:
@@ -118,23 +129,11 @@ def split(n: int, val_frac: float, seed: int) -> tuple[list[int], list[int]]:
 def run_layout(llm: FrozenLLM, data: str | Path) -> tuple[Layout, bool]:
     """The layout to train for: a corpus's own, else Paper A's with the BOS prefix (nar's fitting default)."""
     if is_corpus(data):
-        from nar.analysis.common import corpus_llm
+        from nar.frame import corpus_llm
 
         _, layout, _ = corpus_llm(data, llm)
         return layout, bool(corpus_store.read_manifest(data).get("fit_config", {}).get("append_eos"))
     return Layout(prefix_ids=llm.resolve_prefix("bos")), False
-
-
-def reconstruction_ce(llm: FrozenLLM, e: torch.Tensor, m: torch.Tensor, token_ids: list[list[int]], layout: Layout,
-                      precision: str, pos: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean CE of the target tokens under one pass over the proto-token inputs (targets right-padded, -100)."""
-    n = max(len(x) for x in token_ids)
-    tgt = torch.full((len(token_ids), n), -100, dtype=torch.long, device=e.device)
-    for j, ids in enumerate(token_ids):
-        tgt[j, : len(ids)] = torch.tensor(ids)
-    with llm.autocast(precision):
-        logits = llm.proto_logits(e, m, n, layout, pos)
-    return F.cross_entropy(logits.float().transpose(1, 2), tgt, ignore_index=-100)
 
 
 def losses(enc: Encoder, llm: FrozenLLM, batch: Pairs, layout: Layout, cfg: TrainConfig) -> dict[str, torch.Tensor]:
@@ -143,7 +142,7 @@ def losses(enc: Encoder, llm: FrozenLLM, batch: Pairs, layout: Layout, cfg: Trai
     e, m, len_logits = e.float(), m.float(), len_logits.float()
     out: dict[str, torch.Tensor] = {}
     if cfg.w_ce > 0:
-        out["ce"] = reconstruction_ce(llm, e, m, batch.token_ids, layout, cfg.precision, enc.head.pos)
+        out["ce"] = reconstruction_loss(llm, e, m, batch.token_ids, layout, cfg.precision, enc.head.pos).token_mean()
     lengths = torch.tensor([min(len(x), enc.cfg.max_len) - 1 for x in batch.token_ids], device=e.device)
     out["len"] = F.cross_entropy(len_logits, lengths)
     total = cfg.w_ce * out.get("ce", 0.0) + cfg.w_len * out["len"]
@@ -158,10 +157,7 @@ def losses(enc: Encoder, llm: FrozenLLM, batch: Pairs, layout: Layout, cfg: Trai
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
+    return warmup_cosine(step, cfg.lr, cfg.warmup, cfg.steps)
 
 
 def _sample(lengths: torch.Tensor, step: int, cfg: TrainConfig, g: torch.Generator) -> list[int]:
@@ -202,7 +198,7 @@ def train_encoder(data: str | Path, cfg: TrainConfig, enc_cfg: EncoderConfig, *,
     run = Path(cfg.run_dir)
     torch.manual_seed(cfg.seed)
     reader = make_reader(enc_cfg, llm)
-    meta = {"llm": frozen_llm_info(llm), "reader": reader_info(enc_cfg, reader, llm),
+    meta = {"llm": llm_record(llm), "reader": reader_info(enc_cfg, reader, llm),
             "layout": layout.to_dict(), "stop_at_eos": stop_at_eos,
             "data": {"train": str(data), "val": cfg.val_data, "train_texts": len(train), "val_texts": len(val),
                      "stats": pairs.stats, "val_ids": [] if cfg.val_data else val.ids},
@@ -267,12 +263,9 @@ def _save_last(path: Path, enc: Encoder, opt, g: torch.Generator, step: int, bes
     from safetensors.torch import save_file
 
     enc.save_pretrained(path, {"train_state": {"step": step, "best": best}})
-    tmp = path / ".tmp-optimizer.pt"
-    torch.save(opt.state_dict(), tmp)
-    tmp.replace(path / "optimizer.pt")
-    tmp = path / ".tmp-rng.safetensors"
-    save_file({"torch": torch.get_rng_state(), "batches": g.get_state()}, str(tmp))
-    tmp.replace(path / "rng.safetensors")
+    atomic_write(path / "optimizer.pt", lambda tmp: torch.save(opt.state_dict(), tmp), suffix=".pt")
+    rng = {"torch": torch.get_rng_state(), "batches": g.get_state()}
+    atomic_write(path / "rng.safetensors", lambda tmp: save_file(rng, tmp), suffix=".safetensors")
 
 
 def _resume(path: Path, enc: Encoder, opt, g: torch.Generator) -> tuple[int, float]:
@@ -282,7 +275,7 @@ def _resume(path: Path, enc: Encoder, opt, g: torch.Generator) -> tuple[int, flo
     missing = [f for f in need if not (path / f).is_file()]
     if missing:
         raise NarError(f"cannot resume from {path}: missing {', '.join(missing)}")
-    state = json.loads((path / "config.json").read_text())["train_state"]
+    state = read_json(path / "config.json", "an encoder checkpoint")["train_state"]
     enc.load_state_tensors(load_file(str(path / "model.safetensors")))
     opt.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     rng = load_file(str(path / "rng.safetensors"))

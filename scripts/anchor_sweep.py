@@ -24,23 +24,24 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nar import corpus  # noqa: E402
-from nar.analysis.semantics import teacher_agreement  # noqa: E402
 from nar.build import build_corpus  # noqa: E402
 from nar.config import BuildConfig, FitConfig  # noqa: E402
+from nar.data import bundled_texts  # noqa: E402
 from nar.llm import load_llm  # noqa: E402
 from nar.losses import teacher_projection  # noqa: E402
+from nar.space import teacher_agreement  # noqa: E402
 from nar.teacher import load_teacher  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", default="0,1,10,100")
-    ap.add_argument("--texts", type=int, default=12, help="texts of 10-18 tokens from data/texts.jsonl")
+    ap.add_argument("--texts", type=int, default=12, help="texts of 10-18 tokens from nar/assets/texts.jsonl")
     ap.add_argument("--max-steps", type=int, default=200)
     ap.add_argument("--out-dir", type=Path, default=ROOT / "runs" / "anchor_sweep")
     args = ap.parse_args()
     llm, teacher = load_llm(device="cpu"), load_teacher()
-    rows = [json.loads(x) for x in (ROOT / "data" / "texts.jsonl").read_text().splitlines() if x.strip()]
+    rows = bundled_texts()
     pick = [r for r in rows if 10 <= len(llm.encode(r["text"])) <= 18][: args.texts]
     args.out_dir.mkdir(parents=True, exist_ok=True)
     src = args.out_dir / "texts.jsonl"
@@ -59,7 +60,7 @@ def main() -> None:
                "mean_acc": round(float(b["accuracy"].mean()), 4),
                "median_steps": statistics.median(b["steps"].tolist()),
                "anchor_cos": round(float(anchor_cos.mean()), 4),
-               "agree_e": round(teacher_agreement(ds)["e"], 4)}
+               "agree_e": round(teacher_agreement(b["e"], b["m"], b["teacher"])["e"], 4)}
         results.append(row)
         print(json.dumps(row), flush=True)
     (args.out_dir / f"results-{args.max_steps}.json").write_text(json.dumps(results, indent=2))

@@ -6,8 +6,8 @@ Spearman correlation between cos(x_A, x_B) and the human score for x = e, m, [e;
 teacher's own, plus the mean token accuracy and the corpus-wide Spearman of proto-token vs teacher
 pairwise cosines ("agree"). The library function is nar.analysis.semantics.sts_experiment.
 
-    python scripts/sts_frames.py --pairs 100 --max-steps 200            # ~1 h on 2 CPU cores
-    python scripts/sts_frames.py --pairs 24 --max-steps 100 --variants none,teacher_bank
+    python scripts/sts_frames.py --stsb dev.tsv --pairs 100 --max-steps 200   # ~1 h on 2 CPU cores
+    python scripts/sts_frames.py --stsb dev.tsv --pairs 24 --max-steps 100 --variants none,teacher_bank
 """
 
 from __future__ import annotations
@@ -33,9 +33,11 @@ def main() -> None:
                     help="comma-separated: " + ", ".join(STS_VARIANTS))
     ap.add_argument("--out-dir", type=Path, default=ROOT / "runs" / "sts_frames")
     ap.add_argument("--slots", type=int, default=8, help="texts fitted at once")
+    ap.add_argument("--stsb", type=Path, required=True, help="STS-B tsv in GLUE layout (e.g. GLUE's STS-B dev.tsv)")
     args = ap.parse_args()
     results = sts_experiment(args.out_dir, llm=load_llm(device="cpu"), teacher=load_teacher(), pairs=args.pairs,
                              max_steps=args.max_steps, variants=args.variants.split(","), slots=args.slots,
+                             stsb=args.stsb,
                              on_row=lambda r: print(json.dumps(r), flush=True))
     (args.out_dir / f"results-{args.pairs}-{args.max_steps}.json").write_text(json.dumps(results, indent=2))
     print(f"\n{'variant':34} {'STS e':>6} {'STS m':>6} {'STS em':>6} {'teacher':>7} {'agree e':>7} "

@@ -69,3 +69,19 @@ def teacher():
     from nar.teacher import load_teacher
 
     return load_teacher()
+
+
+def nan_at_first_step(monkeypatch, slot: int) -> None:
+    """Make the loss of the text in `slot` NaN at the first fitting step (and only there)."""
+    import nar.fit as fit_mod
+
+    real, state = fit_mod.reconstruction_loss, {"first": True}
+
+    def flaky(*args):
+        rec = real(*args)
+        if state["first"]:
+            state["first"] = False
+            rec.ce = torch.cat([rec.ce[:slot], rec.ce[slot:slot + 1] * float("nan"), rec.ce[slot + 1:]])
+        return rec
+
+    monkeypatch.setattr(fit_mod, "reconstruction_loss", flaky)

@@ -169,6 +169,16 @@ def test_corpus_info_and_make_pairs_cli(tiny_path, tmp_path):
     d = json.loads(r.stdout)
     for k in ("count", "converged", "unique_ids", "llm_fingerprint"):
         assert k in d
+    assert d["count"] == d["unique_ids"] == d["rows_on_disk"] == 3
+    # a shard written twice (an interrupted compaction) is counted on disk, not in the corpus
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    shard = corpus.shard_files(out)[0]
+    shutil.copy(shard, shard.with_name("r000-copy-000000.parquet"))
+    d = json.loads(runner.invoke(app, ["corpus-info", str(out), "--json"]).stdout)
+    assert d["rows_on_disk"] == 3 + pq.ParquetFile(shard).metadata.num_rows
     assert d["count"] == d["unique_ids"] == 3
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"id": "a", "prompt": "the cat"}, {"prompt": "birds"}])
     r = runner.invoke(app, ["make-pairs", str(prompts), "--out", str(tmp_path / "pairs.jsonl"), "--model",
@@ -203,7 +213,7 @@ def test_sigkill_mid_run_then_resume_loses_nothing_and_duplicates_nothing(tiny_p
 
 
 def test_warm_start_from_nearest_neighbour(tiny_llm, teacher, tmp_path, caplog):
-    from nar.build import neighbour_init
+    from nar.frame import neighbour_init
 
     src = write_jsonl(tmp_path / "a.jsonl", [{"id": f"a{i}", "text": t} for i, t in enumerate(TINY_CORPUS[:4])])
     out = tmp_path / "c"
@@ -222,3 +232,27 @@ def test_warm_start_from_nearest_neighbour(tiny_llm, teacher, tmp_path, caplog):
     run = build_corpus(BuildConfig(input=str(more), out=str(out), warm_start="neighbour"), FitConfig(**FIT),
                        llm=tiny_llm, teacher=teacher, show_progress=False)
     assert run["fitted"] == 2 and corpus.info(out)["count"] == 6
+
+
+def test_text_failing_at_its_first_step_is_stored_as_failed(tiny_llm, teacher, tmp_path, monkeypatch):
+    """A text whose loss is NaN at its very first step has no best vectors: it is written with failed=True
+    and NaN vectors of the corpus's width (not a 0-length e in the fixed-size column), is not refitted on
+    resume, and is left out of the index, the bank and the analyses."""
+    import math
+
+    from .conftest import nan_at_first_step
+
+    nan_at_first_step(monkeypatch, slot=0)
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": f"t{i}", "text": t} for i, t in enumerate(TINY_CORPUS[:3])])
+    out = tmp_path / "c"
+    cfg, fcfg = BuildConfig(input=str(src), out=str(out), rd_bank=4), FitConfig(**{**FIT, "max_steps": 20})
+    s = build_corpus(cfg, fcfg, llm=tiny_llm, teacher=teacher, show_progress=False)
+    assert s["fitted"] == 3 and s["failed"] == 1
+    rows = {r["id"]: r for r in corpus.load(out)}
+    bad = rows["t0"]
+    assert bad["failed"] and bad["steps"] == 0 and bad["e"].shape == (tiny_llm.hidden_size,)
+    assert all(math.isnan(x) for x in bad["e"].tolist())
+    assert build_corpus(cfg, fcfg, llm=tiny_llm, teacher=teacher, show_progress=False)["fitted"] == 0
+    from nar.index import corpus_vectors
+
+    assert "t0" not in corpus_vectors(out, "e")[0] and corpus.info(out)["failed"] == 1

@@ -52,12 +52,12 @@ def test_protoset_roundtrip_is_bit_exact(tiny_llm, tmp_path):
     assert not list(tmp_path.glob(".tmp-*"))
 
 
-def test_protoset_shared_m_roundtrip(tiny_llm, tmp_path):
-    cfg, rs = _fit(tiny_llm, share_m=True)
-    ps = ProtoSet.from_results(rs, make_layout(tiny_llm, cfg), {"fit_config": cfg.to_dict()})
-    assert ps.m.shape == (1, tiny_llm.hidden_size)
+def test_protoset_one_m_for_all_roundtrip(tiny_llm, tmp_path):
+    d = tiny_llm.hidden_size
+    ps = ProtoSet(torch.randn(2, d), torch.randn(1, d), [3, 2], [[4, 5, 6], [7, 8]], make_layout(tiny_llm, FitConfig()))
     ps.save(tmp_path / "s.safetensors")
-    assert torch.equal(ProtoSet.load(tmp_path / "s.safetensors").m, ps.m)
+    back = ProtoSet.load(tmp_path / "s.safetensors")
+    assert torch.equal(back.m, ps.m) and back.m.shape == (1, d) and back.token_ids == ps.token_ids
 
 
 def test_generate_greedy_batch_matches_single(tiny_llm):
@@ -65,3 +65,35 @@ def test_generate_greedy_batch_matches_single(tiny_llm):
     both = generate_greedy(tiny_llm, prompts, 5, stop_at_eos=False)
     alone = [generate_greedy(tiny_llm, [p], 5, stop_at_eos=False)[0] for p in prompts]
     assert both == alone and all(len(x) == 5 for x in both)
+
+
+def test_protoset_from_another_model_is_refused(tiny_llm, tiny_path, tmp_path):
+    import pytest
+
+    from nar.errors import NarError
+    from nar.llm import load_llm
+
+    from .conftest import build_tiny_llm
+
+    d, layout = tiny_llm.hidden_size, make_layout(tiny_llm, FitConfig())
+    ps = ProtoSet(torch.randn(2, d), torch.randn(2, d), [3, 2], [[4, 5, 6], [7, 8]], layout,
+                  {"llm": {"fingerprint": tiny_llm.fingerprint}})
+    ps.save(tmp_path / "p.safetensors")
+    assert ProtoSet.load(tmp_path / "p.safetensors", llm=tiny_llm).n_tokens == ps.n_tokens
+    other = load_llm(str(build_tiny_llm(tmp_path / "other", seed=5)), device="cpu")
+    with pytest.raises(NarError, match="fitted with LLM"):
+        ProtoSet.load(tmp_path / "p.safetensors", llm=other)
+    from nar.pipeline import Pipeline
+
+    assert Pipeline(tiny_llm).decode(tmp_path / "p.safetensors") == decode_texts(tiny_llm, ps.e, ps.m, [3, 2], layout)
+    with pytest.raises(NarError, match="fitted with LLM"):
+        Pipeline(other).decode(ps)
+
+
+def test_pipeline_reconstructs_and_fits(tiny_llm):
+    from nar.pipeline import Pipeline
+
+    nar = Pipeline(tiny_llm)
+    rows = nar.reconstruct(TEXTS[:1], FitConfig(precision="fp32", max_steps=3))
+    assert rows[0]["steps"] <= 3 and rows[0]["n_tokens"] == len(tiny_llm.encode(TEXTS[0]))
+    assert nar.decode(nar.fit(TEXTS[:1], FitConfig(precision="fp32", max_steps=300, lr=5e-2))) == TEXTS[:1]

@@ -33,13 +33,15 @@ def test_loss_goes_down_and_short_text_reaches_full_accuracy(tiny_llm):
 def test_batched_equals_single(tiny_llm):
     # Over a fixed number of steps the trajectories agree to float rounding; over hundreds of steps
     # rounding differences of the padded batch shapes may shift a convergence step by a few.
+    # With 2 slots for 3 texts the third enters a refilled slot (fresh vectors, fresh AdamW state).
     cfg = FitConfig(**{**FAST, "max_steps": 30})
     single = [fit_texts(tiny_llm, [t], cfg)[0] for t in TEXTS]
-    batched = fit_texts(tiny_llm, TEXTS, FitConfig(**{**FAST, "max_steps": 30}, num_slots=3))
-    for s, b in zip(single, batched):
-        assert s.steps == b.steps and s.accuracy == pytest.approx(b.accuracy)
-        torch.testing.assert_close(s.e, b.e, atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(s.m, b.m, atol=1e-4, rtol=1e-4)
+    for slots in (3, 2):
+        batched = fit_texts(tiny_llm, TEXTS, FitConfig(**{**FAST, "max_steps": 30}, num_slots=slots))
+        for s, b in zip(single, batched):
+            assert s.steps == b.steps and s.accuracy == pytest.approx(b.accuracy)
+            torch.testing.assert_close(s.e, b.e, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(s.m, b.m, atol=1e-4, rtol=1e-4)
     batched = fit_texts(tiny_llm, TEXTS, FitConfig(**FAST, num_slots=3))
     assert all(b.converged for b in batched)
     layout = make_layout(tiny_llm, cfg)
@@ -65,13 +67,6 @@ def test_best_vectors_are_the_ones_reported(tiny_llm):
     pred = decode_ids(tiny_llm, torch.stack([r.e for r in rs]), torch.stack([r.m for r in rs]),
                       [r.n_tokens for r in rs], make_layout(tiny_llm, cfg))
     assert [token_accuracy(p, r.token_ids) for p, r in zip(pred, rs)] == pytest.approx([r.accuracy for r in rs])
-
-
-def test_shared_m(tiny_llm):
-    rs = fit_texts(tiny_llm, TEXTS[:2], FitConfig(**FAST, share_m=True))
-    assert torch.equal(rs[0].m, rs[1].m)
-    assert not torch.equal(rs[0].e, rs[1].e)
-    assert all(r.accuracy > 0.5 for r in rs)
 
 
 def test_layout_options_fit(tiny_llm):
@@ -107,19 +102,9 @@ def test_config_validation():
 
 
 def test_nan_in_one_text_fails_only_that_text(tiny_llm, monkeypatch):
-    import nar.fit as fit_mod
+    from .conftest import nan_at_first_step
 
-    real = fit_mod._reconstruction
-    state = {"first": True}
-
-    def flaky(llm, E, M, targets, layout, precision):
-        ce, acc = real(llm, E, M, targets, layout, precision)
-        if state["first"]:
-            state["first"] = False
-            ce = torch.cat([ce[:1], ce[1:2] * float("nan"), ce[2:]])
-        return ce, acc
-
-    monkeypatch.setattr(fit_mod, "_reconstruction", flaky)
+    nan_at_first_step(monkeypatch, slot=1)
     rs = {r.key: r for r in fit_stream(tiny_llm, [FitItem(str(i), tiny_llm.encode(t)) for i, t in enumerate(TEXTS)],
                                        FitConfig(**FAST, num_slots=3))}
     assert rs["1"].failed and not rs["1"].converged
@@ -172,3 +157,40 @@ def test_configs_saved_before_the_schedule_existed_keep_their_constant_lr():
     assert old.lr_schedule == "constant" and old.warmup_steps == 0 and old.lr == 0.01
     new = FitConfig()
     assert FitConfig.from_dict(new.to_dict()) == new
+
+
+def test_batch_order_does_not_matter_with_relational_distillation(tiny_llm):
+    """With RD on (a cross-text loss, so a batch is not a set of independent fits), a text's result does not
+    depend on its slot: the same batch in another order gives the same vectors."""
+    from nar.losses import MemoryBank, TeacherRegulariser
+
+    g = torch.Generator().manual_seed(0)
+    teach = {t: torch.nn.functional.normalize(torch.randn(8, generator=g), dim=0) for t in TEXTS}
+    bank = MemoryBank(4)
+    for _ in range(3):
+        bank.add(torch.randn(tiny_llm.hidden_size, generator=g), torch.randn(8, generator=g))
+
+    def run(order):
+        items = [FitItem(t, tiny_llm.encode(t), payload={"teacher": teach[t]}) for t in order]
+        reg = TeacherRegulariser(1.0, 0.0, "e", None, bank)
+        return {r.key: r for r in fit_stream(tiny_llm, items, FitConfig(**{**FAST, "max_steps": 10}, num_slots=3),
+                                             extra_loss=reg)}
+
+    a, b = run(TEXTS), run(TEXTS[::-1])
+    for t in TEXTS:
+        assert a[t].steps == b[t].steps
+        torch.testing.assert_close(a[t].e, b[t].e, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(a[t].m, b[t].m, atol=1e-4, rtol=1e-4)
+    plain = {r.key: r for r in fit_stream(tiny_llm, [FitItem(t, tiny_llm.encode(t)) for t in TEXTS],
+                                          FitConfig(**{**FAST, "max_steps": 10}, num_slots=3))}
+    assert any(not torch.allclose(a[t].e, plain[t].e, atol=1e-3) for t in TEXTS)  # RD did act
+
+
+def test_one_schedule_for_fitting_and_encoder_training():
+    from nar.schedule import warmup_cosine
+
+    cfg = FitConfig(lr=0.03, warmup_steps=10, max_steps=110)
+    from nar.fit import lr_at
+
+    assert [lr_at(cfg, s) for s in range(120)] == [warmup_cosine(s, 0.03, 10, 110) for s in range(120)]
+    assert warmup_cosine(500, 1.0, 10, 110) == pytest.approx(0.1)  # flat at the floor after the end

@@ -6,9 +6,18 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from nar.build import build_corpus
-from nar.config import BuildConfig, FitConfig
+from nar.config import (
+    AttentionConfig,
+    BuildConfig,
+    CapacityConfig,
+    ConnectivityConfig,
+    FitConfig,
+    SemanticsConfig,
+    StabilityConfig,
+)
 from nar.errors import NarError
-from nar.index import build_index, load_index, neighbors, recall_at_k
+from nar.index import build_index, load_index
+from nar.search import neighbors, recall_at_k
 
 from .conftest import TINY_CORPUS
 
@@ -93,7 +102,8 @@ def test_neighbors_and_index_cli(tiny_corpus):
 def test_stability_analysis(tiny_llm, tiny_corpus, tmp_path):
     from nar.analysis.stability import run_stability
 
-    res = run_stability(tiny_corpus, tmp_path, llm=tiny_llm, sample=4, alphas=(0.0, 0.5, 3.0), repeats=1)
+    cfg = StabilityConfig(sample=4, alphas=(0.0, 0.5, 3.0), repeats=1)
+    res = run_stability(tiny_corpus, tmp_path, cfg, llm=tiny_llm)
     rows = res["rows"]
     assert {"noise", "target", "alpha", "token_acc", "exact", "self_nn"} <= set(rows[0])
     clean = [r for r in rows if r["alpha"] == 0.0]
@@ -108,12 +118,13 @@ def test_stability_analysis(tiny_llm, tiny_corpus, tmp_path):
 def test_attention_analysis(tiny_llm, tiny_corpus, tmp_path):
     from nar.analysis.attention import run_attention
 
-    res = run_attention(tiny_corpus, tmp_path, llm=tiny_llm, sample=3)
+    before = tiny_llm.model.config._attn_implementation
+    res = run_attention(tiny_corpus, tmp_path, AttentionConfig(sample=3), llm=tiny_llm)
     assert res["layers"] == 2 and res["heads"] == 4
     assert np.array(res["heatmap_e"]).shape == (2, 4)
     assert 0 < res["mean_to_e"] < 1 and res["mean_to_prefix"] is not None
     assert (tmp_path / "attention.png").is_file() and (tmp_path / "attention.json").is_file()
-    assert tiny_llm.model.config._attn_implementation != "eager" or True  # restored or already eager
+    assert tiny_llm.model.config._attn_implementation == before  # the eager switch is undone
 
 
 def test_semantics_analysis(tiny_llm, teacher, tmp_path):
@@ -127,9 +138,8 @@ def test_semantics_analysis(tiny_llm, teacher, tmp_path):
     aug = tmp_path / "aug.jsonl"
     aug.write_text(json.dumps({"id": "x1", "original": "the cat sat on the mat",
                                "lexical": "on the mat the cat sat", "semantic": "the dog ran in the park"}) + "\n")
-    res = run_semantics(tmp_path / "out", llm=tiny_llm, teacher=teacher, pairs=6, max_steps=20,
-                        variants=("none", "teacher_bank"), augment_file=aug, stsb=tsv, precision="fp32",
-                        show_progress=False)
+    cfg = SemanticsConfig(stsb=str(tsv), pairs=6, max_steps=20, augment=str(aug), precision="fp32")
+    res = run_semantics(tmp_path / "out", cfg, llm=tiny_llm, teacher=teacher, show_progress=False)
     assert [r["key"] for r in res["rows"]] == ["none", "teacher_bank"]
     for r in res["rows"]:
         assert {"sts_e", "sts_m", "sts_em", "sts_teacher", "agree_e", "mean_acc"} <= set(r)
@@ -145,13 +155,32 @@ def test_capacity_and_connectivity(tiny_llm, tmp_path):
     from nar.analysis.connectivity import run_connectivity
 
     cfg = FitConfig(**FIT)
-    res = run_capacity(["the cat sat on the mat and the dog ran in the park"], tmp_path / "cap", llm=tiny_llm,
-                       ns=[2, 4, 8], cfg=cfg)
+    res = run_capacity(tmp_path / "cap", CapacityConfig(ns=(2, 4, 8)), llm=tiny_llm, fit=cfg,
+                       texts=["the cat sat on the mat and the dog ran in the park"])
     assert [r["n"] for r in res["rows"]] == [2, 4, 8] and res["largest_n_per_text"][0] >= 2
     assert (tmp_path / "cap" / "capacity.png").is_file()
-    res = run_connectivity(["the cat sat on the mat"], tmp_path / "con", llm=tiny_llm, cfg=cfg, curve_steps=30,
-                           grid=5)
+    res = run_connectivity(tmp_path / "con", ConnectivityConfig(curve_steps=30, grid=5), llm=tiny_llm, fit=cfg,
+                           texts=["the cat sat on the mat"])
     r = res["rows"][0]
     assert r["acc_a"] == 1.0 and r["acc_b"] == 1.0
     assert {"line_min_acc", "curve_min_acc", "cos_e_ab"} <= set(r)
     assert (tmp_path / "con" / "connectivity.png").is_file()
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_saved_index_returns_the_same_hits(tiny_corpus, kind):
+    from nar.index import corpus_vectors
+
+    built = build_index(tiny_corpus, "em", kind)
+    _, x, _ = corpus_vectors(tiny_corpus, "em")
+    s1, f1 = built.search(x, 3)
+    loaded = load_index(tiny_corpus, "em", kind, build_missing=False)
+    s2, f2 = loaded.search(x, 3)
+    assert f1 == f2 and np.array_equal(s1, s2) and loaded.meta["count"] == len(x)
+    assert not list((tiny_corpus / "index").glob(".tmp-*"))  # both halves written atomically
+
+
+def test_pipeline_neighbors_is_the_library_call(tiny_llm, tiny_corpus):
+    from nar.pipeline import Pipeline
+
+    assert Pipeline(tiny_llm).neighbors(tiny_corpus, id="t0", k=3) == neighbors(tiny_corpus, id="t0", k=3)

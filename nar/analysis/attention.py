@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nar.analysis.report import figure, write_report
+from nar.analysis.report import figure, save_figure, write_report
+from nar.config import AttentionConfig
 from nar.llm import FrozenLLM, Layout
 
 
@@ -63,16 +64,15 @@ def plot_heatmaps(maps: dict[str, np.ndarray], path: str | Path) -> None:
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
         fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
-def run_attention(corpus_path: str | Path, out_dir: str | Path, *, llm=None, sample: int = 16, seed: int = 0) -> dict:
-    from nar.analysis.common import corpus_llm, corpus_sample
+def run_attention(corpus_path: str | Path, out_dir: str | Path, cfg: AttentionConfig = AttentionConfig(), *,
+                  llm=None) -> dict:
+    """The `nar analyze attention` job on the converged rows of a corpus."""
+    from nar.analysis.common import corpus_and_sample
 
-    llm, layout, _ = corpus_llm(corpus_path, llm)
-    s = corpus_sample(corpus_path, sample, seed, converged_only=True)
+    llm, layout, _, s = corpus_and_sample(corpus_path, llm, cfg.sample, cfg.seed)
     maps = attention_to_e(llm, s["e"], s["m"], [len(t) for t in s["token_ids"]], layout)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -82,8 +82,8 @@ def run_attention(corpus_path: str | Path, out_dir: str | Path, *, llm=None, sam
              "argmax_head": int(e_map[li].argmax()),
              "mean_to_prefix": float(maps["prefix"][li].mean()) if maps["prefix"] is not None else None}
             for li in range(e_map.shape[0])]
-    summary = {"corpus": str(corpus_path), "texts": len(s["id"]), "layers": int(e_map.shape[0]),
-               "heads": int(e_map.shape[1]), "mean_to_e": float(e_map.mean()),
+    summary = {"corpus": str(corpus_path), "config": cfg.to_dict(), "texts": len(s["id"]),
+               "layers": int(e_map.shape[0]), "heads": int(e_map.shape[1]), "mean_to_e": float(e_map.mean()),
                "uniform_baseline": float(np.mean([1.0 / (len(layout.prefix_ids) + 1 + k)
                                                   for t in s["token_ids"] for k in range(1, len(t))])),
                "mean_to_prefix": float(maps["prefix"].mean()) if maps["prefix"] is not None else None,

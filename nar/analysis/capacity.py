@@ -11,7 +11,7 @@ import statistics
 from pathlib import Path
 
 from nar.analysis.report import figure, save_figure, write_report
-from nar.config import FitConfig
+from nar.config import CapacityConfig, FitConfig
 from nar.fit import FitItem, fit_stream
 from nar.llm import FrozenLLM
 
@@ -56,15 +56,21 @@ def plot_capacity(rows: list[dict], path: str | Path, threshold: float) -> None:
     save_figure(fig, path, ylabel="token accuracy")
 
 
-def run_capacity(texts: list[str], out_dir: str | Path, *, llm: FrozenLLM, ns: list[int], cfg: FitConfig,
-                 threshold: float = 0.99, on_result=None) -> dict:
-    rows = capacity(llm, texts, ns, cfg, threshold, on_result=on_result)
+def run_capacity(out_dir: str | Path, cfg: CapacityConfig = CapacityConfig(), *, llm: FrozenLLM,
+                 texts: list[str] | None = None, fit: FitConfig | None = None, on_result=None) -> dict:
+    """The `nar analyze capacity` job: `cfg.texts` long bundled texts (or `texts`), fitted with cfg's fit
+    settings (or `fit`) at every N of cfg.ns."""
+    from nar.data import long_texts
+
+    ns, threshold, fit = list(cfg.ns), cfg.threshold, fit or cfg.fit_config()
+    texts = texts or long_texts(llm, cfg.texts, max(ns))
+    rows = capacity(llm, texts, ns, fit, threshold, on_result=on_result)
     best = largest_n(rows)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plot_capacity(rows, out / "capacity.png", threshold)
-    summary = {"llm": llm.fingerprint, "texts": len(texts), "ns": ns, "threshold": threshold,
-               "fit_config": cfg.to_dict(), "largest_n_per_text": best,
+    summary = {"llm": llm.fingerprint, "config": cfg.to_dict(), "texts": len(texts), "ns": ns, "threshold": threshold,
+               "fit_config": fit.to_dict(), "largest_n_per_text": best,
                "largest_n_median": statistics.median(best.values()) if best else None,
                "largest_n_max": max(best.values()) if best else None}
     files = write_report(out, "capacity", summary, rows)

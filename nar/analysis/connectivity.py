@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from nar.analysis.report import figure, save_figure, write_report
-from nar.config import FitConfig
+from nar.config import ConnectivityConfig, FitConfig
 from nar.decode import decode_ids, token_accuracy
-from nar.fit import FitItem, fit_stream
+from nar.fit import FitItem, fit_stream, make_layout
 from nar.llm import FrozenLLM, Layout
+from nar.losses import reconstruction_loss
 
 
 def bezier(a: torch.Tensor, c: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -35,14 +36,11 @@ def train_control_point(llm: FrozenLLM, ids: list[int], a: tuple, b: tuple, layo
     ce_p = ((a[0] + b[0]) / 2).clone().to(dev).requires_grad_(True)
     cm_p = ((a[1] + b[1]) / 2).clone().to(dev).requires_grad_(True)
     opt = torch.optim.AdamW([ce_p, cm_p], lr=lr, betas=(0.9, 0.9), weight_decay=0.0)
-    tgt = torch.tensor(ids, device=dev).unsqueeze(0).expand(samples, -1)
     ae, am, be, bm = (x.to(dev) for x in (*a, *b))
     for _ in range(steps):
         t = torch.rand(samples, generator=g).to(dev)
         E, M = bezier(ae, ce_p, be, t), bezier(am, cm_p, bm, t)
-        with llm.autocast(precision):
-            logits = llm.proto_logits(E, M, len(ids), layout)
-        loss = F.cross_entropy(logits.float().transpose(1, 2), tgt)
+        loss = reconstruction_loss(llm, E, M, [ids] * samples, layout, precision).ce.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -91,16 +89,22 @@ def plot_paths(rows: list[dict], path: str | Path) -> None:
     save_figure(fig, path, ylabel="token accuracy")
 
 
-def run_connectivity(texts: list[str], out_dir: str | Path, *, llm: FrozenLLM, cfg: FitConfig, curve_steps: int = 200,
-                     grid: int = 11) -> dict:
-    from nar.fit import make_layout
+def run_connectivity(out_dir: str | Path, cfg: ConnectivityConfig = ConnectivityConfig(), *, llm: FrozenLLM,
+                     texts: list[str] | None = None, fit: FitConfig | None = None) -> dict:
+    """The `nar analyze connectivity` job: the first cfg.texts lines of cfg.file (or `texts`), fitted with
+    cfg's settings (or `fit`)."""
+    from nar.assets import path
 
-    layout = make_layout(llm, cfg)
-    rows = connectivity(llm, texts, cfg, layout, grid=grid, curve_steps=curve_steps)
+    fit = fit or cfg.fit_config()
+    if texts is None:
+        file = path("demo.txt") if cfg.file is None else Path(cfg.file)
+        texts = [x for x in file.read_text(encoding="utf-8").splitlines() if x.strip()][: cfg.texts]
+    layout = make_layout(llm, fit)
+    rows = connectivity(llm, texts, fit, layout, grid=cfg.grid, curve_steps=cfg.curve_steps)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plot_paths(rows, out / "connectivity.png")
-    summary = {"texts": len(rows), "llm": llm.fingerprint, "fit_config": cfg.to_dict(), "curve_steps": curve_steps,
+    summary = {"texts": len(rows), "llm": llm.fingerprint, "config": cfg.to_dict(), "fit_config": fit.to_dict(),
                "mean_line_min_acc": float(np.mean([r["line_min_acc"] for r in rows])),
                "mean_curve_min_acc": float(np.mean([r["curve_min_acc"] for r in rows]))}
     flat = [{k: v for k, v in r.items() if k not in ("line", "curve")} for r in rows]

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
+
+from nar.artifacts import atomic_write_text
 
 
 def write_report(out_dir: str | Path, name: str, summary: dict, rows: list[dict]) -> dict[str, str]:
     """`<name>.json` (summary + rows) and `<name>.csv` (rows); returns the paths written."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     jpath, cpath = out / f"{name}.json", out / f"{name}.csv"
-    jpath.write_text(json.dumps({**summary, "rows": rows}, indent=2, default=float))
+    atomic_write_text(jpath, json.dumps({**summary, "rows": rows}, indent=2, default=float))
     if rows:
-        keys = list(dict.fromkeys(k for r in rows for k in r))
-        with cpath.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            w.writerows(rows)
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_text(cpath, buf.getvalue())
     return {"json": str(jpath), "csv": str(cpath)}
 
 

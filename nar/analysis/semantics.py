@@ -9,18 +9,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from nar import corpus as corpus_store
+from nar.artifacts import atomic_write_jsonl
+from nar.config import SemanticsConfig
 from nar.errors import NarError
-
-STSB_DEV = Path(__file__).resolve().parents[3] / "shared" / "data" / "stsb" / "dev.tsv"
-
-
-def spearman(x, y) -> float:
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(list(x), list(y)).statistic)
+from nar.space import PROTO_SPACES, pair_cosines, proto_space, spearman, teacher_agreement
 
 
-def load_stsb(path: str | Path = STSB_DEV, n: int | None = None, seed: int = 0) -> list[tuple[str, str, float]]:
+def load_stsb(path: str | Path, n: int | None = None, seed: int = 0) -> list[tuple[str, str, float]]:
     """(sentence1, sentence2, human score 0-5) from a GLUE-layout STS-B tsv; a seeded sample of n pairs."""
     path = Path(path)
     if not path.is_file():
@@ -33,53 +29,26 @@ def load_stsb(path: str | Path = STSB_DEV, n: int | None = None, seed: int = 0) 
     return rows
 
 
-def views(e: torch.Tensor, m: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The spaces compared: e, m, and e+m (the concatenation [e; m]). Each (N, D) or (N, 2D)."""
-    return {"e": e, "m": m, "em": torch.cat([e, m], dim=-1)}
+def corpus_columns(path: str | Path) -> dict:
+    """{id: list, e, m, teacher: float tensors, accuracy, converged: arrays} of every row of a corpus."""
+    cols = corpus_store.columns(path, ["id", "e", "m", "teacher", "accuracy", "converged"])
+    return {k: torch.from_numpy(v) if k in ("e", "m", "teacher") else v for k, v in cols.items()}
 
 
-def pair_cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return F.cosine_similarity(a.float(), b.float(), dim=-1)
+def spaces(cols: dict) -> dict[str, torch.Tensor]:
+    """The proto-token spaces and the teacher's, of corpus columns."""
+    return {**{s: proto_space(cols["e"], cols["m"], s) for s in PROTO_SPACES}, "teacher": cols["teacher"]}
 
 
-def columns(ds, names=("id", "e", "m", "teacher")) -> dict:
-    """Whole columns of a corpus `datasets.Dataset` (tensors stacked), or a dict passed through."""
-    if isinstance(ds, dict):
-        return ds
-    batch = ds[:]
-    return {k: batch[k] for k in names}
-
-
-def pairs_spearman(ds, pairs_ids: list[tuple[str, str]], scores: list[float]) -> dict[str, float]:
+def pairs_spearman(cols: dict, pairs_ids: list[tuple[str, str]], scores: list[float]) -> dict[str, float]:
     """Spearman of cos(x_a, x_b) with human scores for x in e, m, em and the teacher, over id pairs."""
-    ds = columns(ds)
-    index = {k: i for i, k in enumerate(ds["id"])}
+    index = {k: i for i, k in enumerate(cols["id"])}
     missing = [p for p in pairs_ids if p[0] not in index or p[1] not in index]
     if missing:
         raise NarError(f"{len(missing)} pair members are not in the corpus (e.g. {missing[0]})")
     ia = [index[a] for a, _ in pairs_ids]
     ib = [index[b] for _, b in pairs_ids]
-    e, m, t = ds["e"], ds["m"], ds["teacher"]
-    out = {name: spearman(pair_cosines(v[ia], v[ib]), scores) for name, v in views(e, m).items()}
-    out["teacher"] = spearman(pair_cosines(t[ia], t[ib]), scores)
-    return out
-
-
-def teacher_agreement(ds, max_pairs: int = 200_000) -> dict[str, float]:
-    """Spearman between all pairwise proto-token cosines and the teacher's, over the whole corpus."""
-    ds = columns(ds, ("e", "m", "teacher"))
-    e, m, t = ds["e"], ds["m"], ds["teacher"]
-    n = e.shape[0]
-    iu = torch.triu_indices(n, n, offset=1)
-    if iu.shape[1] > max_pairs:
-        iu = iu[:, torch.randperm(iu.shape[1], generator=torch.Generator().manual_seed(0))[:max_pairs]]
-
-    def cos_pairs(x):
-        xn = F.normalize(x.float(), dim=-1)
-        return (xn[iu[0]] * xn[iu[1]]).sum(-1)
-
-    tc = cos_pairs(t)
-    return {name: spearman(cos_pairs(v), tc) for name, v in views(e, m).items()}
+    return {name: spearman(pair_cosines(v[ia], v[ib]), scores) for name, v in spaces(cols).items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -96,13 +65,11 @@ STS_VARIANTS = {
 
 
 def sts_experiment(out_dir: str | Path, *, llm, teacher, pairs: int = 100, max_steps: int = 200,
-                   variants=("none", "teacher_bank"), stsb: str | Path = STSB_DEV, precision: str = "bf16",
+                   variants=("none", "teacher_bank"), stsb: str | Path, precision: str = "bf16",
                    show_progress: bool = False, on_row=None, slots: int = 8) -> list[dict]:
     """STS-B pairs split across batches (all first sentences, then all second ones), one corpus per variant
     under out_dir (reused if present: the build resumes). Spearman of cos(x_a, x_b) with the human scores."""
-    import json
 
-    from nar import corpus
     from nar.build import build_corpus
     from nar.config import BuildConfig, FitConfig
 
@@ -112,7 +79,7 @@ def sts_experiment(out_dir: str | Path, *, llm, teacher, pairs: int = 100, max_s
     src = out / f"stsb-{pairs}.jsonl"
     rows = [{"id": f"a{i}", "text": a} for i, (a, _, _) in enumerate(sample)]
     rows += [{"id": f"b{i}", "text": b} for i, (_, b, _) in enumerate(sample)]
-    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_jsonl(src, rows)
     ids = [(f"a{i}", f"b{i}") for i in range(len(sample))]
     scores = [s for _, _, s in sample]
     results = []
@@ -126,13 +93,13 @@ def sts_experiment(out_dir: str | Path, *, llm, teacher, pairs: int = 100, max_s
                                    sort_by_length=False, **fkw),  # keep A's and B's in separate batches
                          llm=llm,
                          teacher=teacher, show_progress=show_progress)
-        ds = corpus.load(cdir)
-        b = ds[:]
+        cols = corpus_columns(cdir)
         row = {"variant": name, "key": key, "pairs": len(sample),
-               **{f"sts_{k}": round(v, 3) for k, v in pairs_spearman(ds, ids, scores).items()},
-               **{f"agree_{k}": round(v, 3) for k, v in teacher_agreement(ds).items()},
-               "mean_acc": round(float(b["accuracy"].mean()), 3), "converged": int(sum(b["converged"])),
-               "texts": len(ds), "fitted_now": s["fitted"], "corpus": str(cdir)}
+               **{f"sts_{k}": round(v, 3) for k, v in pairs_spearman(cols, ids, scores).items()},
+               **{f"agree_{k}": round(v, 3)
+                  for k, v in teacher_agreement(cols["e"], cols["m"], cols["teacher"]).items()},
+               "mean_acc": round(float(cols["accuracy"].mean()), 3), "converged": int(cols["converged"].sum()),
+               "texts": len(cols["id"]), "fitted_now": s["fitted"], "corpus": str(cdir)}
         results.append(row)
         if on_row:
             on_row(row)
@@ -148,11 +115,9 @@ def augmentation(llm, teacher, triples: list[dict], out_dir: str | Path, *, max_
                  png_name: str = "augmentation") -> dict:
     """Original vs lexical vs semantic change: cosine distances in e, m, [e; m] and teacher space, and a
     PCA plot of e. Fitted as one corpus (build-corpus with the given init and RD weight)."""
-    import json
 
     import numpy as np
 
-    from nar import corpus
     from nar.analysis.report import figure
     from nar.build import build_corpus
     from nar.config import BuildConfig, FitConfig
@@ -161,19 +126,19 @@ def augmentation(llm, teacher, triples: list[dict], out_dir: str | Path, *, max_
     out.mkdir(parents=True, exist_ok=True)
     src = out / "augment-input.jsonl"
     kinds = ("original", "lexical", "semantic")
-    src.write_text("".join(json.dumps({"id": f"{t['id']}/{k}", "text": t[k]}) + "\n" for t in triples for k in kinds))
+    atomic_write_jsonl(src, [{"id": f"{t['id']}/{k}", "text": t[k]} for t in triples for k in kinds])
     cdir = out / f"augment-{init}-rd{rd_weight:g}-{max_steps}"
     build_corpus(BuildConfig(input=str(src), out=str(cdir), rd_weight=rd_weight),
                  FitConfig(max_steps=max_steps, precision=precision, init=init, max_tokens=64), llm=llm,
                  teacher=teacher, show_progress=False)
-    cols = columns(corpus.load(cdir))
+    cols = corpus_columns(cdir)
     pos = {k: i for i, k in enumerate(cols["id"])}
-    spaces = {**views(cols["e"], cols["m"]), "teacher": cols["teacher"]}
+    space = spaces(cols)
     rows = []
     for t in triples:
         o, lx, se = (pos[f"{t['id']}/{k}"] for k in kinds)
         row = {"id": t["id"]}
-        for name, v in spaces.items():
+        for name, v in space.items():
             row[f"{name}_dist_lexical"] = float(1 - pair_cosines(v[o], v[lx]))
             row[f"{name}_dist_semantic"] = float(1 - pair_cosines(v[o], v[se]))
         rows.append(row)
@@ -181,12 +146,12 @@ def augmentation(llm, teacher, triples: list[dict], out_dir: str | Path, *, max_
                       "semantic": float(np.mean([r[f"{name}_dist_semantic"] for r in rows])),
                       "semantic_farther_frac": float(np.mean([r[f"{name}_dist_semantic"] > r[f"{name}_dist_lexical"]
                                                               for r in rows]))}
-               for name in spaces}
+               for name in space}
     # PCA of e (and m) coloured by triple, marker by kind
     plt = figure()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for ax, space in zip(axes, ("e", "m")):
-        x = F.normalize(spaces[space].float(), dim=-1).numpy()
+    for ax, name in zip(axes, ("e", "m")):
+        x = F.normalize(space[name].float(), dim=-1).numpy()
         x = x - x.mean(0)
         u, s, vt = np.linalg.svd(x, full_matrices=False)
         xy = x @ vt[:2].T
@@ -194,26 +159,26 @@ def augmentation(llm, teacher, triples: list[dict], out_dir: str | Path, *, max_
             for k, mk in zip(kinds, ("o", "s", "x")):
                 p = xy[pos[f"{t['id']}/{k}"]]
                 ax.scatter(p[0], p[1], color=f"C{j % 10}", marker=mk, s=40)
-        ax.set_title(f"PCA of {space} (o original, s lexical, x semantic; colour = triple)")
+        ax.set_title(f"PCA of {name} (o original, s lexical, x semantic; colour = triple)")
     fig.tight_layout()
     fig.savefig(out / f"{png_name}.png", dpi=120)
     plt.close(fig)
     return {"summary": summary, "rows": rows, "corpus": str(cdir), "png": str(out / f"{png_name}.png")}
 
 
-def run_semantics(out_dir: str | Path, *, llm, teacher, pairs: int = 100, max_steps: int = 200,
-                  variants=("none", "teacher_bank"), augment_file: str | Path | None = None,
-                  stsb: str | Path = STSB_DEV, precision: str = "bf16", show_progress: bool = True,
-                  slots: int = 8, augment_steps: int | None = None) -> dict:
+def run_semantics(out_dir: str | Path, cfg: SemanticsConfig, *, llm, teacher, show_progress: bool = True) -> dict:
     """The `nar analyze semantics` job: STS-B Spearman per variant + the augmentation experiment, the latter
     for plain fitting and for the build-corpus default (AUGMENT_SETTINGS), augment_steps (or max_steps) each."""
     import json
 
     from nar.analysis.report import figure, write_report
+    from nar.assets import path
 
-    out = Path(out_dir)
-    sts = sts_experiment(out, llm=llm, teacher=teacher, pairs=pairs, max_steps=max_steps, variants=variants,
-                         stsb=stsb, precision=precision, show_progress=show_progress, slots=slots)
+    out, pairs, max_steps, precision = Path(out_dir), cfg.pairs, cfg.max_steps, cfg.precision
+    augment_steps = cfg.augment_steps
+    augment_file = {"none": None, "bundled": path("augment.jsonl")}.get(cfg.augment, cfg.augment)
+    sts = sts_experiment(out, llm=llm, teacher=teacher, pairs=pairs, max_steps=max_steps, variants=cfg.variants,
+                         stsb=cfg.stsb, precision=precision, show_progress=show_progress, slots=cfg.slots)
     plt = figure()
     fig, ax = plt.subplots(figsize=(7, 3.8))
     keys = ["sts_e", "sts_m", "sts_em", "sts_teacher"]
@@ -233,7 +198,8 @@ def run_semantics(out_dir: str | Path, *, llm, teacher, pairs: int = 100, max_st
         aug = {key: augmentation(llm, teacher, triples, out, max_steps=augment_steps or max_steps, precision=precision,
                                  init=init, rd_weight=rd, png_name=f"augmentation-{key}")
                for key, (init, rd) in AUGMENT_SETTINGS.items()}
-    summary = {"pairs": pairs, "max_steps": max_steps, "augment_steps": augment_steps or max_steps,
+    summary = {"config": cfg.to_dict(), "pairs": pairs, "max_steps": max_steps,
+               "augment_steps": augment_steps or max_steps,
                "augmentation": aug and {key: a["summary"] for key, a in aug.items()}}
     files = write_report(out, "semantics", summary, sts)
     return {**summary, "rows": sts, "files": {**files, "png": str(out / "semantics.png")}}

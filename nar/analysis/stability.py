@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nar.analysis.report import figure, write_report
+from nar.analysis.report import figure, save_figure, write_report
+from nar.config import StabilityConfig
 from nar.decode import decode_ids, token_accuracy
 from nar.llm import FrozenLLM, Layout
 
@@ -81,25 +82,22 @@ def plot_stability(rows: list[dict], path: str | Path) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("token accuracy")
     axes[0][0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
-def run_stability(corpus_path: str | Path, out_dir: str | Path, *, llm=None, sample: int = 32,
-                  alphas=(0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0), repeats: int = 3, seed: int = 0) -> dict:
+def run_stability(corpus_path: str | Path, out_dir: str | Path, cfg: StabilityConfig = StabilityConfig(), *,
+                  llm=None) -> dict:
     """The `nar analyze stability` job on the converged rows of a corpus."""
-    from nar.analysis.common import corpus_llm, corpus_sample
+    from nar.analysis.common import corpus_and_sample
     from nar.index import load_index
 
-    llm, layout, precision = corpus_llm(corpus_path, llm)
-    s = corpus_sample(corpus_path, sample, seed, converged_only=True)
+    llm, layout, precision, s = corpus_and_sample(corpus_path, llm, cfg.sample, cfg.seed)
     index = load_index(corpus_path, "e", "flat")
-    rows = stability(llm, s["e"], s["m"], s["token_ids"], layout, alphas=alphas, repeats=repeats,
-                     precision=precision, seed=seed, index=index, ids=s["id"])
+    rows = stability(llm, s["e"], s["m"], s["token_ids"], layout, alphas=cfg.alphas, repeats=cfg.repeats,
+                     precision=precision, seed=cfg.seed, index=index, ids=s["id"])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plot_stability(rows, out / "stability.png")
-    summary = {"corpus": str(corpus_path), "texts": len(s["id"]), "repeats": repeats, "alphas": list(alphas)}
+    summary = {"corpus": str(corpus_path), "config": cfg.to_dict(), "texts": len(s["id"])}
     files = write_report(out, "stability", summary, rows)
     return {**summary, "rows": rows, "files": {**files, "png": str(out / "stability.png")}}
