@@ -165,7 +165,8 @@ def train_encoder_cmd(data: Path = typer.Argument(..., help="A file of texts or 
                       ecfg: C.EncoderConfig = None) -> None:
     """Train an encoder source -> proto-tokens (and length) with the CE of one pass of the frozen LLM."""
     setup_logging(False)
-    from nar.train import llm_for, train_encoder
+    from nar.data import llm_for
+    from nar.train import train_encoder
 
     res = train_encoder(data, cfg, ecfg, llm=llm_for(data, model, device), show_progress=not as_json)
     res.pop("encoder")
@@ -181,8 +182,8 @@ def eval_encoder_cmd(checkpoint: Path = CHECKPOINT, data: Path | None = typer.Op
                      as_json: bool = JSON) -> None:
     """The encoder's one-pass outputs beside nearest-neighbour and position-mode baselines, by length."""
     setup_logging(False)
+    from nar.data import llm_for
     from nar.evaluate import eval_encoder
-    from nar.train import llm_for
 
     res = eval_encoder(checkpoint, llm=llm_for(None, model, device), data=data and str(data), precision=precision,
                        limit=limit)
@@ -202,11 +203,11 @@ def generate(checkpoint: Path = CHECKPOINT, source: str | None = typer.Argument(
     """Source -> encoder -> proto-tokens -> ONE forward pass of the frozen LLM -> output text."""
     setup_logging(False)
     from nar.artifacts import atomic_write_jsonl
+    from nar.data import llm_for
     from nar.encoder import Encoder
     from nar.errors import NarError
     from nar.generate import generate as run
     from nar.generate import heldout_sources, read_sources
-    from nar.train import llm_for
 
     llm = llm_for(None, model, device)
     enc = Encoder.from_pretrained(checkpoint, llm=llm)

@@ -77,7 +77,7 @@ def encoder_outputs(enc, llm: FrozenLLM, sources: list[str], layout: Layout, pre
 
 def evaluate_encoder(enc, llm: FrozenLLM, pairs, layout: Layout, precision: str, stop_at_eos: bool,
                      with_buckets: bool = False) -> dict:
-    """The metrics of the encoder's one-pass outputs on `pairs` (a nar.train.Pairs)."""
+    """The metrics of the encoder's one-pass outputs on `pairs` (a nar.data.Pairs)."""
     pred = encoder_outputs(enc, llm, pairs.sources, layout, precision, stop_at_eos)
     tg = [strip_eos(t, llm.eos_id, stop_at_eos) for t in pairs.token_ids]
     out = score(pred, tg, llm.tokenizer)
@@ -123,10 +123,10 @@ def eval_encoder(checkpoint, *, llm: FrozenLLM, data=None, teacher=None, precisi
     import random
 
     from nar.config import TrainConfig
+    from nar.data import load_pairs, split
     from nar.encoder import Encoder
     from nar.errors import NarError
     from nar.teacher import load_teacher
-    from nar.train import load_pairs, split
 
     enc = Encoder.from_pretrained(checkpoint, llm=llm)
     meta = enc.meta

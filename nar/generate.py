@@ -71,7 +71,7 @@ def read_sources(path: str | Path) -> list[str]:
 def heldout_sources(enc: Encoder, llm: FrozenLLM, k: int) -> list[str]:
     """The first k held-out sources recorded with the checkpoint (its val data, or its val split)."""
     from nar.config import TrainConfig
-    from nar.train import load_pairs, split
+    from nar.data import load_pairs, split
 
     meta = enc.meta
     tcfg = TrainConfig(**{f: v for f, v in meta["train_config"].items() if f in TrainConfig.__dataclass_fields__})

@@ -44,7 +44,7 @@ class Pipeline:
         if encoder is not None:
             from nar.encoder import Encoder
 
-            enc = Encoder.from_pretrained(encoder, device=llm.device)
+            enc = Encoder.from_pretrained(encoder, llm=llm)
         return cls(llm, enc)
 
     @property

@@ -14,126 +14,19 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from nar import corpus as corpus_store
 from nar.artifacts import atomic_write, llm_record, read_json
 from nar.config import EncoderConfig, TrainConfig
+from nar.data import Pairs, load_pairs, run_layout, split
 from nar.encoder import Encoder, make_reader, reader_info
 from nar.errors import NarError
 from nar.llm import FrozenLLM, Layout
 from nar.losses import reconstruction_loss
 from nar.schedule import warmup_cosine
-
-
-@dataclass
-class Pairs:
-    """Training or evaluation texts: sources, target token ids (EOS appended when the run uses it), and,
-    from a corpus folder, the fitted proto-tokens."""
-
-    ids: list[str]
-    sources: list[str]
-    targets: list[str]
-    token_ids: list[list[int]]
-    e: torch.Tensor | None = None
-    m: torch.Tensor | None = None
-    stats: dict = field(default_factory=dict)
-
-    def take(self, idx: list[int]) -> Pairs:
-        def pick(t):
-            return (None if t is None else t[idx])
-        return Pairs([self.ids[i] for i in idx], [self.sources[i] for i in idx], [self.targets[i] for i in idx],
-                     [self.token_ids[i] for i in idx], pick(self.e), pick(self.m), self.stats)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-def is_corpus(path: str | Path) -> bool:
-    return (Path(path) / "manifest.json").is_file()
-
-
-def load_pairs(path: str | Path, llm: FrozenLLM, cfg: TrainConfig) -> Pairs:
-    """Pairs from a data file (any format nar.data reads) or a corpus folder; targets over max_tokens skipped."""
-    if is_corpus(path):
-        return _corpus_pairs(path, cfg)
-    from nar.data import load_dataset_any, row_id
-
-    ds = load_dataset_any(str(path))
-    src_col, tgt_col = (cfg.source_column, cfg.target_column) if cfg.source_column else (cfg.text_column,) * 2
-    for c in {src_col, tgt_col}:
-        if c not in ds.column_names:
-            raise NarError(f"{path} has no column {c!r}; its columns are {ds.column_names} (pass --text-column, "
-                           "or --source-column with --target-column)")
-    eos = llm.eos_id if cfg.append_eos else None
-    if cfg.append_eos and eos is None:
-        raise NarError(f"model {llm.name} has no EOS token; drop --append-eos")
-    out = Pairs([], [], [], [])
-    seen, long, empty = set(), 0, 0
-    for s, t in zip(ds[src_col], ds[tgt_col]):
-        if not isinstance(s, str) or not isinstance(t, str) or not s.strip() or not t.strip():
-            empty += 1
-            continue
-        key = row_id(s, t)
-        if key in seen:
-            continue
-        seen.add(key)
-        ids = llm.encode(t) + ([eos] if eos is not None else [])
-        if len(ids) > cfg.max_tokens:
-            long += 1
-            continue
-        out.ids.append(key)
-        out.sources.append(s)
-        out.targets.append(t)
-        out.token_ids.append(ids)
-    out.stats = {"read": len(ds), "kept": len(out), "skipped_long": long, "skipped_empty": empty,
-                 "skipped_duplicate": len(ds) - len(out) - long - empty}
-    if len(out) < 2:
-        raise NarError(f"{path}: {len(out)} usable texts of <= {cfg.max_tokens} tokens; need at least 2")
-    return out
-
-
-def _corpus_pairs(path: str | Path, cfg: TrainConfig) -> Pairs:
-    cols = corpus_store.columns(path, ("id", "source", "target", "token_ids", "accuracy", "e", "m"), rows="ok")
-    keep = [i for i, a in enumerate(cols["accuracy"]) if a >= cfg.min_accuracy - 1e-6]
-    if len(keep) < 2:
-        raise NarError(f"corpus {path} has {len(keep)} rows at accuracy >= {cfg.min_accuracy}; need at least 2")
-    return Pairs(ids=[cols["id"][i] for i in keep], sources=[cols["source"][i] or cols["target"][i] for i in keep],
-                 targets=[cols["target"][i] for i in keep], token_ids=[list(cols["token_ids"][i]) for i in keep],
-                 e=torch.as_tensor(cols["e"][keep]).float(), m=torch.as_tensor(cols["m"][keep]).float(),
-                 stats={"read": len(cols["id"]), "kept": len(keep)})
-
-
-def llm_for(data: str | Path | None, model: str, device: str = "auto") -> FrozenLLM:
-    """The frozen LLM a training or evaluation run uses: a corpus folder's own, else `model`."""
-    if data is not None and is_corpus(data):
-        from nar.frame import corpus_llm
-
-        return corpus_llm(data, device=device)[0]
-    from nar.llm import load_llm
-
-    return load_llm(model, device=device)
-
-
-def split(n: int, val_frac: float, seed: int) -> tuple[list[int], list[int]]:
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    n_val = max(1, round(val_frac * n))
-    return sorted(order[n_val:]), sorted(order[:n_val])
-
-
-def run_layout(llm: FrozenLLM, data: str | Path) -> tuple[Layout, bool]:
-    """The layout to train for: a corpus's own, else Paper A's with the BOS prefix (nar's fitting default)."""
-    if is_corpus(data):
-        from nar.frame import corpus_llm
-
-        _, layout, _ = corpus_llm(data, llm)
-        return layout, bool(corpus_store.read_manifest(data).get("fit_config", {}).get("append_eos"))
-    return Layout(prefix_ids=llm.resolve_prefix("bos")), False
 
 
 def losses(enc: Encoder, llm: FrozenLLM, batch: Pairs, layout: Layout, cfg: TrainConfig) -> dict[str, torch.Tensor]:
