@@ -207,20 +207,20 @@ class EncoderConfig(StageConfig):
     lora_rank: int = 0
     """With reader 'llm': > 0 trains LoRA adapters of this rank on a copy of the LLM that reads the source
     (the decoding LLM stays frozen); 0 keeps the reader frozen."""
-    finetune_reader: bool = False
-    """With a sentence-transformers reader: fine-tune it with the head."""
     n_e: int = 1
     """How many encoder-emitted vectors stand before the m copies (1: Paper A's [e, m, ..., m])."""
-    pos_codes: bool = False
-    """Add learned, text-independent position codes to the m copies."""
     d_model: int = 256
     """Width of the head's transformer layers."""
     layers: int = 2
     """Transformer decoder layers in the head (learned queries attend to the source's token states)."""
+    pos_codes: bool = False
+    """Add learned, text-independent position codes to the m copies."""
     heads: int = 4
     """Attention heads in the head's layers."""
     dropout: float = 0.1
     """Dropout in the head."""
+    finetune_reader: bool = False
+    """With a sentence-transformers reader: fine-tune it with the head."""
     max_source_tokens: int = 128
     """Longer sources are truncated (with a warning)."""
     max_len: int = 64
@@ -304,7 +304,7 @@ class TrainConfig(StageConfig):
         _check(min(self.w_reg, self.w_ce, self.w_len) >= 0, "loss weights must be >= 0")
         _check(self.max_tokens >= 1 and self.val_every >= 1 and self.save_every >= 1 and self.val_limit >= 1,
                "max_tokens, val_every, save_every and val_limit must be >= 1")
-        _check((self.source_column is None) == (self.target_column is None),
+        _check((self.source_column, self.target_column).count(None) != 1,
                "give both source_column and target_column, or neither")
 
 
