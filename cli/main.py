@@ -125,23 +125,15 @@ def corpus_info_cmd(path: Path = typer.Argument(..., help="Corpus folder."), as_
 
 
 @app.command("make-pairs")
-def make_pairs_cmd(
-    prompts: Path = typer.Argument(..., help="Prompts: .jsonl with a --column field, or one per line."),
-    out: Path = typer.Option(..., "--out", "-o", help="Where to write the pairs (.jsonl)."), model: str = MODEL,
-    max_new_tokens: int = typer.Option(32, help="Longest reply, in tokens."),
-    chat: bool = typer.Option(True, help="Wrap each prompt in the model's chat template."),
-    batch_size: int = typer.Option(8, help="Prompts generated at once."),
-    column: str = typer.Option("prompt", help="Field of a .jsonl input holding the prompt."),
-    template: str = typer.Option("{}", help="Wraps each prompt: '{}' is replaced by it (e.g. 'Paraphrase: {}')."),
-    limit: int | None = typer.Option(None, help="Use only the first N prompts."), device: str = DEVICE,
-    as_json: bool = JSON,
-) -> None:
+@config_options("cfg", C.PairsConfig)
+def make_pairs_cmd(prompts: Path = typer.Argument(..., help="Prompts: .jsonl (see --column) or one per line."),
+                   out: Path = typer.Option(..., "--out", "-o", help="Where to write the pairs (.jsonl)."),
+                   model: str = MODEL, device: str = DEVICE, as_json: bool = JSON, cfg: C.PairsConfig = None) -> None:
     """Turn prompts into (prompt -> the frozen LLM's own greedy reply) pairs (seq2seq training data)."""
     setup_logging(False)
     from nar.pairs import make_pairs
 
-    res = make_pairs(prompts, out, model=model, max_new_tokens=max_new_tokens, chat=chat, batch_size=batch_size,
-                     device=device, column=column, template=template, limit=limit, show_progress=not as_json)
+    res = make_pairs(prompts, out, cfg, model=model, device=device, show_progress=not as_json)
     print_json(res) if as_json else render.pairs(f"wrote {out}", list(res.items()))
 
 

@@ -196,6 +196,28 @@ class BuildConfig(StageConfig):
 
 
 @dataclass(frozen=True)
+class PairsConfig(StageConfig):
+    """How `nar make-pairs` turns prompts into (prompt -> the frozen LLM's own greedy reply) pairs."""
+
+    template: str = "{}"
+    """Wraps each prompt: '{}' is replaced by it (e.g. 'Paraphrase this sentence: {}')."""
+    column: str = "prompt"
+    """Field of a .jsonl input that holds the prompt."""
+    max_new_tokens: int = 32
+    """Longest reply, in tokens (a reply cut there is marked hit_limit)."""
+    chat: bool = True
+    """Wrap each prompt in the model's chat template."""
+    batch_size: int = 8
+    """Prompts generated at once."""
+    limit: int | None = None
+    """Use only the first this many prompts."""
+
+    def __post_init__(self) -> None:
+        _check("{}" in self.template, f"template {self.template!r} has no {{}} for the prompt")
+        _check(self.max_new_tokens >= 1 and self.batch_size >= 1, "max_new_tokens and batch_size must be >= 1")
+
+
+@dataclass(frozen=True)
 class EncoderConfig(StageConfig):
     """The encoder network: source text -> (e_1..e_k, m, N)."""
 

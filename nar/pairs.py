@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from nar.artifacts import atomic_write_jsonl
+from nar.config import PairsConfig
 from nar.decode import generate_greedy
 from nar.errors import NarError
 from nar.llm import FrozenLLM, load_llm
@@ -51,17 +52,13 @@ def prompt_ids(llm: FrozenLLM, prompt: str, chat: bool) -> list[int]:
     return llm.encode(prompt)
 
 
-def make_pairs(prompts: Path, out: Path, *, model: str | FrozenLLM = "smollm2-135m-instruct",
-               max_new_tokens: int = 32, chat: bool = True, batch_size: int = 8, device: str = "auto",
-               column: str = "prompt", template: str = "{}", limit: int | None = None,
+def make_pairs(prompts: Path, out: Path, cfg: PairsConfig | None = None, *,
+               model: str | FrozenLLM = "smollm2-135m-instruct", device: str = "auto",
                show_progress: bool = True) -> dict:
-    """Write {id, source, target, n_tokens, hit_limit} per prompt to `out` (.jsonl); returns a summary.
-
-    `template` wraps each prompt ("Paraphrase: {}" turns sentences into a paraphrasing task); `limit` keeps
-    the first prompts only."""
-    if "{}" not in template:
-        raise NarError(f"template {template!r} has no {{}} for the prompt")
-    rows = [(i, template.replace("{}", p)) for i, p in read_prompts(prompts, column)][:limit]
+    """Write {id, source, target, n_tokens, hit_limit} per prompt to `out` (.jsonl); returns a summary."""
+    cfg = cfg or PairsConfig()
+    max_new_tokens, chat, batch_size = cfg.max_new_tokens, cfg.chat, cfg.batch_size
+    rows = [(i, cfg.template.replace("{}", p)) for i, p in read_prompts(prompts, cfg.column)][:cfg.limit]
     llm = model if isinstance(model, FrozenLLM) else load_llm(model, device=device)
     t0 = time.perf_counter()
     from rich.progress import Progress

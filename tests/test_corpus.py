@@ -186,6 +186,10 @@ def test_corpus_info_and_make_pairs_cli(tiny_path, tmp_path):
     assert r.exit_code == 0, r.output
     pairs = [json.loads(x) for x in (tmp_path / "pairs.jsonl").read_text().splitlines()]
     assert [p["source"] for p in pairs] == ["the cat", "birds"] and all(p["n_tokens"] <= 5 for p in pairs)
+    r = runner.invoke(app, ["make-pairs", str(prompts), "--out", str(tmp_path / "p2.jsonl"), "--model", str(tiny_path),
+                            "--max-new-tokens", "3", "--template", "say: {}", "--limit", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    assert [json.loads(x)["source"] for x in (tmp_path / "p2.jsonl").read_text().splitlines()] == ["say: the cat"]
 
 
 def test_sigkill_mid_run_then_resume_loses_nothing_and_duplicates_nothing(tiny_path, tmp_path):
