@@ -20,6 +20,7 @@ machine (this project: under `flock -x /tmp/nar-cpu.lock`).
 
     python bench/generate_speed.py --quick        # N=64, batch 1, 3 repeats
     python bench/generate_speed.py                # N in {32, 64} x batch in {1, 8}, 5 repeats
+    python bench/generate_speed.py --full         # N in {16, 32, 64, 128} x batch in {1, 8}
     python bench/generate_speed.py --agreement 8  # also fit 8 texts (fp32) and compare the backends on them
 
 `--quick` prints `fastest_ar: NAME`; the last line is `ratio: X` = the fastest AR runtime's ms over the
@@ -199,8 +200,11 @@ def main() -> None:
     ap.add_argument("--agreement", type=int, default=0, help="fit this many texts in fp32 and compare paths")
     ap.add_argument("--skip-ar", default="", help="comma-separated AR runtimes not to time")
     ap.add_argument("--quick", action="store_true", help="N=64, batch 1, 3 repeats")
+    ap.add_argument("--full", action="store_true", help="N in {16,32,64,128} x batch in {1,8}")
     ap.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
     args = ap.parse_args()
+    if args.full:
+        args.n, args.batch = "16,32,64,128", "1,8"
     if args.quick:
         args.n, args.batch, args.repeats = "64", "1", 3
     torch.set_num_threads(args.threads)
