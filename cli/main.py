@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 
 from cli import render
-from cli.common import JSON, MODEL, console, err_console, print_json, read_texts, setup_logging
+from cli.common import BACKEND, JSON, MODEL, console, err_console, print_json, read_texts, setup_logging
 from cli.options import config_options
 from nar import config as C  # the stages' configs: C.FitConfig, C.BuildConfig, ...
 
@@ -54,12 +54,14 @@ def reconstruct(
     model: str = MODEL, device: str = DEVICE, as_json: bool = JSON, cfg: C.FitConfig = None,
     out: Path | None = typer.Option(None, "--out", "-o", help="Save the proto-tokens (.safetensors)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more."),
+    backend: str = BACKEND,
 ) -> None:
     """Fit proto-tokens to text(s) with the frozen LLM, then decode them in ONE forward pass."""
     setup_logging(verbose)
     from nar.reconstruct import reconstruct as run
 
-    rows, protos = run(read_texts(text, file), cfg, model=model, device=device, show_progress=not as_json)
+    rows, protos = run(read_texts(text, file), cfg, model=model, device=device, show_progress=not as_json,
+                       backend=backend)
     if out is not None:
         protos.save(out)
     fingerprint = protos.meta["llm"]["fingerprint"]
@@ -189,7 +191,7 @@ def generate(checkpoint: Path = CHECKPOINT, source: str | None = typer.Argument(
              output: Path | None = typer.Option(None, help="Also write one JSON object per source (.jsonl)."),
              heldout: int = typer.Option(0, help="Also the first N held-out sources recorded with the checkpoint."),
              compare_ar: bool = typer.Option(False, "--compare-ar", help="Also the LLM's own greedy AR output."),
-             model: str = MODEL, precision: str = PRECISION, device: str = DEVICE,
+             model: str = MODEL, precision: str = PRECISION, device: str = DEVICE, backend: str = BACKEND,
              batch_size: int = typer.Option(32, help="Sources per batch (1 with --compare-ar)."),
              as_json: bool = typer.Option(False, "--json", help="One JSON object per source, in input order.")) -> None:
     """Source -> encoder -> proto-tokens -> ONE forward pass of the frozen LLM -> output text."""
@@ -208,7 +210,7 @@ def generate(checkpoint: Path = CHECKPOINT, source: str | None = typer.Argument(
     if not sources:
         raise NarError("give a SOURCE argument, --input or --heldout")
     rows = run(enc, llm, sources, precision=precision, batch_size=1 if compare_ar else batch_size,
-               compare_ar=compare_ar)
+               compare_ar=compare_ar, backend=backend)
     if output is not None:
         atomic_write_jsonl(output, rows)
     for r in rows if as_json else ():

@@ -14,13 +14,17 @@ from nar.llm import FrozenLLM, Layout
 @torch.no_grad()
 def decode_ids(llm: FrozenLLM, e: torch.Tensor, m: torch.Tensor, n_tokens: list[int], layout: Layout, *,
                precision: str = "fp32", stop_at_eos: bool = False, batch_size: int = 64,
-               pos: torch.Tensor | None = None) -> list[list[int]]:
+               backend: str = "torch", pos: torch.Tensor | None = None) -> list[list[int]]:
     """Greedy token ids for each proto-token pair, one forward pass per batch.
 
     e: (B, D) or (B, k, D); m: (B, D) or (1, D) shared; pos: optional position codes (see
     `FrozenLLM.proto_inputs`); n_tokens: B output lengths. With `stop_at_eos`, each
     output is cut before its first EOS (use it when the targets were fitted with an EOS appended).
+    `backend`: which runtime runs the pass (`nar.backends`: 'torch', 'llama.cpp', or 'auto').
     """
+    from nar.backends import get_backend
+
+    runner = get_backend(backend, llm, precision)
     dev = llm.device
     out: list[list[int]] = []
     for lo in range(0, e.shape[0], batch_size):
@@ -29,8 +33,7 @@ def decode_ids(llm: FrozenLLM, e: torch.Tensor, m: torch.Tensor, n_tokens: list[
         mb = m if m.shape[0] == 1 else m[lo:hi]
         mb = mb.to(dev, torch.float32)
         n = max(n_tokens[lo:hi])
-        with llm.autocast(precision):
-            pred = llm.proto_logits(eb, mb, n, layout, None if pos is None else pos.to(dev)).argmax(-1).cpu()
+        pred = runner.argmax(llm.proto_inputs(eb, mb, n, layout, None if pos is None else pos.to(dev)), n)
         for j, k in enumerate(range(lo, hi)):
             ids = pred[j, : n_tokens[k]].tolist()
             if stop_at_eos and llm.eos_id is not None and llm.eos_id in ids:

@@ -16,9 +16,11 @@ from nar.pairs import prompt_ids
 
 
 def generate(enc: Encoder, llm: FrozenLLM, sources: list[str], *, precision: str = "bf16", batch_size: int = 32,
-             compare_ar: bool = False, chat: bool = True, max_new_tokens: int | None = None) -> list[dict]:
+             compare_ar: bool = False, chat: bool = True, max_new_tokens: int | None = None,
+             backend: str = "torch") -> list[dict]:
     """One dict per source: source, output, n_tokens, seconds (encoder + one pass, per source in its batch);
-    with compare_ar also ar_output, ar_seconds and agreement (token accuracy of ours against the AR output)."""
+    with compare_ar also ar_output, ar_seconds and agreement (token accuracy of ours against the AR output).
+    `backend`: the runtime of the one pass (`nar.backends`)."""
     enc.check_llm(llm)
     layout, stop = enc.layout, bool(enc.meta.get("stop_at_eos"))
     out = []
@@ -27,7 +29,8 @@ def generate(enc: Encoder, llm: FrozenLLM, sources: list[str], *, precision: str
         t0 = time.perf_counter()
         with llm.autocast(precision):
             e, m, n = enc.predict(chunk)
-        ids = decode_ids(llm, e, m, n, layout, precision=precision, stop_at_eos=stop, pos=enc.pos_codes)
+        ids = decode_ids(llm, e, m, n, layout, precision=precision, stop_at_eos=stop, backend=backend,
+                         pos=enc.pos_codes)
         dt = (time.perf_counter() - t0) / len(chunk)
         for s, x in zip(chunk, ids):
             out.append({"source": s, "output": llm.tokenizer.decode(x, skip_special_tokens=True), "n_tokens": len(x),
