@@ -9,7 +9,8 @@ AR baselines (greedy, from the one-token prompt [bos], forced to exactly N new t
   (openvino-genai is listed as not found when absent: it needs an optimum-intel export, not done here)
 One-pass paths (nar's `--backend`s plus variants), over [bos, e, m x (N-1)], argmax at the last N positions:
   torch fp32, torch bf16 autocast, llama.cpp (input embeddings in one batch, Q4_1 weights)
-"nar gen" adds the encoder: source sentences -> the default encoder (the frozen LLM reads the source, a small head) -> the same one pass
+"nar gen" adds the encoder: source sentences -> the default encoder (the frozen LLM reads the source, a
+small head) -> the same one pass
 (untrained head: latency does not depend on weight values; N fixed to the cell's N).
 Agreement ("agree"): an AR runtime's tokens vs transformers fp32's (the quantised runtimes drift once a
 near-tie flips); each one-pass path's argmax vs torch fp32's on the timed (random) proto-tokens, and, with
