@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 # 1. reconstruct the demo texts from two fitted vectors each (one forward pass);
 # 2. fit proto-tokens for the LLM's own short replies to the bundled prompts (nar/assets/pairs.jsonl);
 # 3. a short amortised encoder training on STS-B sentences (the command that made the shipped checkpoint,
-#    at 1/20 of its steps);
+#    at 1/10 of its steps);
 # 4. the SHIPPED checkpoint checkpoints/stsb-autoencoder evaluated on sentences it never saw (nar/assets/heldout.txt,
 #    written for this project) beside the nearest-neighbour and position-mode baselines;
 # 5. one-pass generation for those held-out sentences with the shipped checkpoint.
@@ -33,7 +33,7 @@ demo: setup
 		--append-eos --max-tokens 20 --max-steps 300 --out $(DEMO)/corpus
 	HF_HUB_OFFLINE=1 $(BIN)/nar make-data --stsb $(STSB) --out out/data
 	HF_HUB_OFFLINE=1 $(BIN)/nar train-encoder out/data/stsb-train.jsonl --val-data out/data/stsb-dev.jsonl \
-		--run-dir $(DEMO)/encoder $(ENCODER_RECIPE) --steps 100 --val-every 50
+		--run-dir $(DEMO)/encoder $(ENCODER_RECIPE) --steps 50 --val-every 25 --val-limit 50
 	@echo "== the shipped checkpoint (checkpoints/stsb-autoencoder) on held-out sentences it never saw =="
 	HF_HUB_OFFLINE=1 $(BIN)/nar eval-encoder checkpoints/stsb-autoencoder --data nar/assets/heldout.txt
 	HF_HUB_OFFLINE=1 $(BIN)/nar generate checkpoints/stsb-autoencoder --input nar/assets/heldout.txt
