@@ -273,3 +273,14 @@ def run_layout(llm: FrozenLLM, data: str | Path) -> tuple[Layout, bool]:
         _, layout, _ = corpus_llm(data, llm)
         return layout, bool(corpus_store.read_manifest(data).get("fit_config", {}).get("append_eos"))
     return Layout(prefix_ids=llm.resolve_prefix("bos")), False
+
+
+def checkpoint_splits(meta: dict, llm: FrozenLLM) -> tuple[Pairs, Pairs, TrainConfig]:
+    """(training pairs, held-out pairs, training config) as an encoder checkpoint's run used them: its
+    val_data file, or the seeded val_frac split of its training data."""
+    tcfg = TrainConfig.from_dict(meta["train_config"])
+    pairs = load_pairs(meta["data"]["train"], llm, tcfg)
+    if tcfg.val_data:
+        return pairs, load_pairs(tcfg.val_data, llm, tcfg), tcfg
+    tr, va = split(len(pairs), tcfg.val_frac, tcfg.seed)
+    return pairs.take(tr), pairs.take(va), tcfg

@@ -86,13 +86,18 @@ def evaluate_encoder(enc, llm: FrozenLLM, pairs, layout: Layout, precision: str,
     return out
 
 
-def nearest_neighbour(train, pairs, teacher, exclude_self: bool) -> list[list[int]]:
-    """The target ids of each query's nearest training source (teacher embedding, cosine)."""
+def source_index(train, teacher):
+    """A FAISS (cosine) index over the teacher embeddings of the training sources, built once per evaluation."""
     from nar.index import make_faiss_index
 
-    tv = F.normalize(teacher.encode(train.sources), dim=-1).numpy()
+    return make_faiss_index(F.normalize(teacher.encode(train.sources), dim=-1).numpy(), "flat")
+
+
+def nearest_neighbour(train, pairs, teacher, exclude_self: bool, index=None) -> list[list[int]]:
+    """The target ids of each query's nearest training source (teacher embedding, cosine)."""
+    index = index if index is not None else source_index(train, teacher)
     q = F.normalize(teacher.encode(pairs.sources), dim=-1).numpy()
-    _, idx = make_faiss_index(tv, "flat").search(q, 2 if exclude_self else 1)
+    _, idx = index.search(q, 2 if exclude_self else 1)
     out = []
     for j, row in enumerate(idx):
         cand = [int(i) for i in row if not (exclude_self and train.ids[int(i)] == pairs.ids[j])]
@@ -106,10 +111,11 @@ def position_mode(train, pairs) -> list[list[int]]:
     return [[mode[min(i, width - 1)] for i in range(len(t))] for t in pairs.token_ids]
 
 
-def baselines(train, pairs, llm: FrozenLLM, teacher, stop_at_eos: bool, exclude_self: bool) -> dict[str, dict]:
+def baselines(train, pairs, llm: FrozenLLM, teacher, stop_at_eos: bool, exclude_self: bool,
+              index=None) -> dict[str, dict]:
     tg = [strip_eos(t, llm.eos_id, stop_at_eos) for t in pairs.token_ids]
     out = {}
-    for name, pred in (("nearest neighbour", nearest_neighbour(train, pairs, teacher, exclude_self)),
+    for name, pred in (("nearest neighbour", nearest_neighbour(train, pairs, teacher, exclude_self, index)),
                        ("position mode", position_mode(train, pairs))):
         pred = [strip_eos(p, llm.eos_id, stop_at_eos) for p in pred]
         out[name] = {**score(pred, tg, llm.tokenizer), "by_length": by_length(pred, tg)}
@@ -122,22 +128,15 @@ def eval_encoder(checkpoint, *, llm: FrozenLLM, data=None, teacher=None, precisi
     training texts, with length buckets."""
     import random
 
-    from nar.config import TrainConfig
-    from nar.data import load_pairs, split
+    from nar.data import checkpoint_splits, load_pairs
     from nar.encoder import Encoder
     from nar.errors import NarError
     from nar.teacher import load_teacher
 
     enc = Encoder.from_pretrained(checkpoint, llm=llm)
     meta = enc.meta
-    tcfg = TrainConfig(**{k: v for k, v in meta["train_config"].items() if k in TrainConfig.__dataclass_fields__})
     layout, stop = enc.layout, bool(meta.get("stop_at_eos"))
-    pairs = load_pairs(meta["data"]["train"], llm, tcfg)
-    if tcfg.val_data:
-        train, held = pairs, load_pairs(tcfg.val_data, llm, tcfg)
-    else:
-        tr, va = split(len(pairs), tcfg.val_frac, tcfg.seed)
-        train, held = pairs.take(tr), pairs.take(va)
+    train, held, tcfg = checkpoint_splits(meta, llm)
     if data is not None:
         held = load_pairs(data, llm, tcfg)
     overlap = set(held.ids) & set(train.ids)
@@ -149,11 +148,12 @@ def eval_encoder(checkpoint, *, llm: FrozenLLM, data=None, teacher=None, precisi
     random.Random(0).shuffle(tr_idx)
     train_probe = train.take(sorted(tr_idx[:n]))
     teacher = teacher or load_teacher()
+    index = source_index(train, teacher)
     rows = []
     for name, part, loo in (("held-out", held, False), ("train", train_probe, True)):
         rows.append({"split": name, "method": "encoder",
                      **evaluate_encoder(enc, llm, part, layout, precision, stop, with_buckets=True)})
-        for method, res in baselines(train, part, llm, teacher, stop, loo).items():
+        for method, res in baselines(train, part, llm, teacher, stop, loo, index).items():
             rows.append({"split": name, "method": method, **res})
     return {"checkpoint": str(checkpoint), "held_out": data or tcfg.val_data or "val split of the training data",
             "rows": rows}

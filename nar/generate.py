@@ -73,13 +73,6 @@ def read_sources(path: str | Path) -> list[str]:
 
 def heldout_sources(enc: Encoder, llm: FrozenLLM, k: int) -> list[str]:
     """The first k held-out sources recorded with the checkpoint (its val data, or its val split)."""
-    from nar.config import TrainConfig
-    from nar.data import load_pairs, split
+    from nar.data import checkpoint_splits
 
-    meta = enc.meta
-    tcfg = TrainConfig(**{f: v for f, v in meta["train_config"].items() if f in TrainConfig.__dataclass_fields__})
-    if tcfg.val_data:
-        return load_pairs(tcfg.val_data, llm, tcfg).sources[:k]
-    pairs = load_pairs(meta["data"]["train"], llm, tcfg)
-    _, va = split(len(pairs), tcfg.val_frac, tcfg.seed)
-    return [pairs.sources[i] for i in va][:k]
+    return checkpoint_splits(enc.meta, llm)[1].sources[:k]
