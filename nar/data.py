@@ -211,17 +211,17 @@ def load_pairs(path: str | Path, llm: FrozenLLM, cfg: TrainConfig) -> Pairs:
     eos = llm.eos_id if cfg.append_eos else None
     if cfg.append_eos and eos is None:
         raise NarError(f"model {llm.name} has no EOS token; drop --append-eos")
-    out = Pairs([], [], [], [])
-    seen, long, empty = set(), 0, 0
+    rows, empty = {}, 0
     for s, t in zip(ds[src_col], ds[tgt_col]):
         if not isinstance(s, str) or not isinstance(t, str) or not s.strip() or not t.strip():
             empty += 1
-            continue
-        key = row_id(s, t)
-        if key in seen:
-            continue
-        seen.add(key)
-        ids = llm.encode(t) + ([eos] if eos is not None else [])
+        else:
+            rows.setdefault(row_id(s, t), (s, t))
+    # one batched call: the tokenizer is the slow part of reading 10k+ texts one by one
+    all_ids = llm.tokenizer([t for _, t in rows.values()], add_special_tokens=False).input_ids if rows else []
+    out, long = Pairs([], [], [], []), 0
+    for (key, (s, t)), ids in zip(rows.items(), all_ids):
+        ids = list(ids) + ([eos] if eos is not None else [])
         if len(ids) > cfg.max_tokens:
             long += 1
             continue
