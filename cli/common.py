@@ -79,3 +79,24 @@ def read_texts(text: str | None, file: Path | None) -> list[str]:
     if not texts:
         raise NarError("give a TEXT argument or --file")
     return texts
+
+
+def run_app(app) -> None:
+    """Run the Typer app. A user error (NarError, or a disk that filled up) becomes exit code 1 and one line: on
+    stderr, in red; with --json also `{"error": "..."}` on stdout, so a script reading stdout sees it. Ctrl-C: 130."""
+    from nar.artifacts import disk_full
+    from nar.errors import NarError
+
+    try:
+        app()
+    except (NarError, OSError) as exc:
+        err = exc if isinstance(exc, NarError) else disk_full(exc, getattr(exc, "filename", None) or "a file")
+        if err is None:
+            raise
+        if "--json" in sys.argv[1:]:
+            print_json({"error": str(err)})
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]")
+        sys.exit(130)

@@ -7,13 +7,12 @@ transformers) happen inside the commands so that `nar --help` is instant.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import typer
 
 from cli import render
-from cli.common import BACKEND, JSON, MODEL, console, err_console, print_json, read_texts, setup_logging
+from cli.common import BACKEND, JSON, MODEL, console, print_json, read_texts, run_app, setup_logging
 from cli.options import config_options
 from nar import config as C  # the stages' configs: C.FitConfig, C.BuildConfig, ...
 
@@ -333,17 +332,8 @@ for _name in ANALYSES:
 
 
 def main() -> None:
-    """Console-script entry: user errors become one red line and exit code 1, never a traceback."""
-    from nar.errors import NarError
-
-    try:
-        app()
-    except NarError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]")
-        sys.exit(130)
+    """Console-script entry (see `cli.common.run_app`: user errors are one line, never a traceback)."""
+    run_app(app)
 
 
 if __name__ == "__main__":

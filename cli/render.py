@@ -31,8 +31,9 @@ def reconstruction(rows: list[dict], fingerprint: str) -> None:
     console.print(f"{ok}/{len(rows)} texts reproduced exactly by one forward pass")
 
 
-BUILD_KEYS = ("input_rows", "already_done", "fitted", "converged", "failed", "skipped_empty", "skipped_long",
-              "truncated", "skipped_duplicate", "median_steps", "mean_accuracy", "texts_per_hour", "wall_seconds")
+BUILD_KEYS = ("input_rows", "already_done", "fitted", "converged", "failed", "skipped_empty", "skipped_missing",
+              "skipped_long", "truncated", "skipped_duplicate", "median_steps", "mean_accuracy", "texts_per_hour",
+              "wall_seconds")
 
 
 def corpus_info(path, d: dict) -> None:

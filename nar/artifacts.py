@@ -14,11 +14,16 @@ Fingerprints: `weights_hash` is the one hash of a module's weights (LLM and teac
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
+import shutil
+import socket
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from nar.errors import NarError
@@ -41,10 +46,98 @@ def atomic_write(path: str | Path, write: Callable[[str], None], suffix: str = "
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if disk_full(exc, path) is not None:
+            raise disk_full(exc, path) from exc
         raise
     return path
+
+
+def disk_full(exc: BaseException, path: str | Path) -> NarError | None:
+    """The user-facing error for a write that ran out of space (errno ENOSPC or EDQUOT), else None."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NarError(f"disk full while writing {path}: free some space and run the same command again "
+                        "(everything written before is intact; the run resumes)")
+    return None
+
+
+def atomic_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Write a whole folder so that a crash leaves the old complete folder or the new one, never a mix.
+
+    `write(tmp)` fills `<path>.partial/`; then `<path>` is moved to `<path>.old`, the new folder into place,
+    and the old one removed. `recover_dir` (called by every loader) finishes or undoes an interrupted swap."""
+    from nar import faults
+
+    path = Path(path)
+    tmp, old = path.with_name(path.name + ".partial"), path.with_name(path.name + ".old")
+    recover_dir(path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        write(tmp)
+        atomic_write_bytes(tmp / COMPLETE, b"")
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if disk_full(exc, path) is not None:
+            raise disk_full(exc, path) from exc
+        raise
+    faults.point("checkpoint.files")
+    if path.exists():
+        os.replace(path, old)
+    faults.point("checkpoint.swap")
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+COMPLETE = ".complete"
+"""Marker written last into a folder being built by `atomic_dir`."""
+
+
+def recover_dir(path: str | Path) -> None:
+    """Undo the traces of an `atomic_dir` interrupted by a crash: an unfinished new folder is dropped; a
+    finished one whose swap was cut short is moved into place; failing that, the old one is put back."""
+    path = Path(path)
+    tmp, old = path.with_name(path.name + ".partial"), path.with_name(path.name + ".old")
+    if not path.exists():
+        if (tmp / COMPLETE).is_file():
+            os.replace(tmp, path)
+        elif old.exists():
+            os.replace(old, path)
+    if path.exists():
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path, name: str, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on `folder/.lock-<name>` (flock: released by the OS when the process dies, so a
+    crash never leaves a stale lock). A second holder gets a NarError naming the first one's pid and host."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): no protection, as before
+        yield
+        return
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / f".lock-{name}"
+    f = open(lock, "a+")
+    try:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise NarError(f"{folder} is in use by {holder} ({what}); wait for it to finish, or run several "
+                           "workers with accelerate launch / torchrun (each takes its own share)") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')}")
+        f.flush()
+        yield
+    finally:
+        f.close()
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -84,6 +177,15 @@ def read_json(path: str | Path, what: str = "") -> dict:
 
 # ----------------------------------------------------------------------------------------------
 # Provenance
+
+
+def file_hash(path: str | Path) -> str:
+    """blake2b-64 of a file's bytes."""
+    h = hashlib.blake2b(digest_size=8)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def weights_hash(state_dict: dict, h=None) -> str:

@@ -43,8 +43,9 @@ class Backend:
 
     name = "?"
 
-    def argmax(self, embeds: torch.Tensor, n: int) -> torch.Tensor:
-        """embeds (B, T, D) float -> the argmax token ids (B, n) of the last n positions (long, on CPU)."""
+    def argmax(self, embeds: torch.Tensor, n: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """embeds (B, T, D) float -> the argmax token ids (B, n) of the last n positions (long, on CPU).
+        mask: (B, T), 0 on left padding (an in-context encoder's batch), or None for none."""
         raise NotImplementedError
 
 
@@ -57,15 +58,18 @@ class TorchBackend(Backend):
         self.llm, self.precision = llm, precision
 
     @torch.no_grad()
-    def logits(self, embeds: torch.Tensor, n: int) -> torch.Tensor:
+    def logits(self, embeds: torch.Tensor, n: int, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, D) -> logits (B, n, V) of the last n positions."""
+        from nar.llm import forward_kwargs
+
         embeds = embeds.to(self.llm.device, self.llm.dtype)
+        kwargs = forward_kwargs(None if mask is None else mask.to(self.llm.device))
         with self.llm.autocast(self.precision):
-            out = self.llm.model(inputs_embeds=embeds, use_cache=False, logits_to_keep=n)
+            out = self.llm.model(inputs_embeds=embeds, use_cache=False, logits_to_keep=n, **kwargs)
         return out.logits[:, -n:]
 
-    def argmax(self, embeds: torch.Tensor, n: int) -> torch.Tensor:
-        return self.logits(embeds, n).argmax(-1).cpu()
+    def argmax(self, embeds: torch.Tensor, n: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.logits(embeds, n, mask).argmax(-1).cpu()
 
 
 class LlamaCppBackend(Backend):
@@ -144,16 +148,18 @@ class LlamaCppBackend(Backend):
 
     # -- the one pass
 
-    def argmax(self, embeds: torch.Tensor, n: int) -> torch.Tensor:
+    def argmax(self, embeds: torch.Tensor, n: int, mask: torch.Tensor | None = None) -> torch.Tensor:
         b, t, d = embeds.shape
         if d != self.n_embd:
             raise NarError(f"embeddings of width {d}, but {self.path} has {self.n_embd}")
-        ctx = self._context(b, t)
-        batch = self._batch(b * t, d)
-        x = embeds.detach().to("cpu", torch.float32).contiguous()
+        keep = torch.ones(b, t, dtype=torch.bool) if mask is None else mask.detach().cpu().bool()
+        lengths = keep.sum(1).tolist()  # each text its own sequence, its left padding dropped
+        ctx = self._context(b, max(lengths))
+        batch = self._batch(sum(lengths), d)
+        x = embeds.detach().to("cpu", torch.float32)[keep].contiguous()
         ctypes.memmove(batch.embd, x.data_ptr(), x.numel() * 4)
-        self._fill(batch, [j for j in range(b) for _ in range(t)], list(range(t)) * b,
-                   [i >= t - n for _ in range(b) for i in range(t)])
+        self._fill(batch, [j for j in range(b) for _ in range(lengths[j])], [i for k in lengths for i in range(k)],
+                   [i >= k - n for k in lengths for i in range(k)])
         return self._decode(ctx, batch, b * n).view(b, n).long()
 
     # -- the autoregressive baseline (bench/generate_speed.py), same engine, same weights

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import torch
 
-from nar import __version__
+from nar import __version__, faults
 from nar import corpus as corpus_store
+from nar.artifacts import folder_lock
 from nar.config import CORPUS_FIT, BuildConfig, FitConfig
 from nar.data import read_rows
 from nar.fit import FitItem, FitResult, fit_stream, make_layout, target_ids
@@ -40,7 +41,15 @@ def build_corpus(bcfg: BuildConfig, fcfg: FitConfig = CORPUS_FIT, *, llm: Frozen
     rows, rstats = read_rows(bcfg)
     llm = llm or load_llm(bcfg.model, device=bcfg.device)
     teacher = teacher or load_teacher(bcfg.teacher)
+    # one build per worker slot at a time: a second `build-corpus` on the same folder is refused, not run twice
+    with folder_lock(bcfg.out, f"build-r{bcfg.rank:03d}", "build-corpus"):
+        return _build(bcfg, fcfg, rows, rstats, llm, teacher, show_progress, barrier, t_start)
+
+
+def _build(bcfg: BuildConfig, fcfg: FitConfig, rows, rstats, llm: FrozenLLM, teacher: Teacher, show_progress: bool,
+           barrier: Callable[[], None], t_start: float) -> dict:
     out = Path(bcfg.out)
+
     def open_corpus() -> None:
         corpus_store.open_corpus(out, llm, teacher, make_layout(llm, fcfg).to_dict(), fcfg.to_dict(), bcfg.to_dict())
 
@@ -51,6 +60,7 @@ def build_corpus(bcfg: BuildConfig, fcfg: FitConfig = CORPUS_FIT, *, llm: Frozen
         open_corpus()
     done = corpus_store.done_ids(out)
     counts = {"input_rows": rstats.rows, "other_ranks": rstats.other_ranks, "skipped_empty": rstats.skipped_empty,
+              "skipped_missing": rstats.skipped_missing,
               "skipped_duplicate": rstats.skipped_duplicate, "already_done": 0, "skipped_long": 0, "truncated": 0}
     todo = []
     for r in rows:
@@ -86,6 +96,7 @@ def build_corpus(bcfg: BuildConfig, fcfg: FitConfig = CORPUS_FIT, *, llm: Frozen
         with FitProgress(len(items), "build-corpus", enabled=show_progress, writer=tb) as prog:
             for res in fit_stream(llm, items, fcfg, extra_loss=reg, on_step=prog.on_step):
                 writer.write([corpus_store.result_row(res, bcfg.rank)])  # durable before the slot is reused
+                faults.point("fit.written")
                 if not res.failed:
                     bank.add(proto_space(res.e[None], res.m[None], bcfg.rd_target)[0], res.payload["teacher"])
                 res.e = res.m = None  # keep only the figures in memory

@@ -247,13 +247,22 @@ class EncoderConfig(StageConfig):
     """Longer sources are truncated (with a warning)."""
     max_len: int = 64
     """Largest output length N the length head can predict."""
+    context: str = "none"
+    """Where the decoding LLM meets the source: 'none' (only through the emitted proto-tokens, Paper A's input),
+    'source' (the source's tokens also stand before e in the same one pass) or 'chat' (the source as a chat
+    prompt there). Still one forward pass; the frozen LLM reads the source instead of the head squeezing it
+    into two vectors."""
 
     def __post_init__(self) -> None:
         _check(self.d_model % self.heads == 0, "d_model must be divisible by heads")
+        _check(self.context in CONTEXTS, f"context must be one of {CONTEXTS}")
         _check(self.layers >= 1 and self.max_len >= 1 and self.max_source_tokens >= 1, "sizes must be >= 1")
         _check(0 <= self.dropout < 1, "dropout must be in [0, 1)")
         _check(self.n_e >= 1 and self.lora_rank >= 0, "n_e must be >= 1 and lora_rank >= 0")
         _check(self.reader == "llm" or self.lora_rank == 0, "lora_rank needs reader 'llm'")
+
+
+CONTEXTS = ("none", "source", "chat")
 
 
 @dataclass(frozen=True)

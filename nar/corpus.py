@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from nar import __version__
+from nar import __version__, faults
 from nar.artifacts import (
     TMP_PREFIX,
     atomic_write,
@@ -76,7 +76,11 @@ def _write_table(path: Path, table: pa.Table) -> None:
 def read_manifest(path: str | Path) -> dict:
     if not (Path(path) / MANIFEST).is_file():
         raise NarError(f"{path} is not a nar corpus (no {MANIFEST})")
-    return read_json(Path(path) / MANIFEST)
+    man = read_json(Path(path) / MANIFEST)
+    if man.get("format", FORMAT) != FORMAT:
+        raise NarError(f"{path} is a corpus in format {man['format']!r}; this nar ({__version__}) reads {FORMAT!r}: "
+                       "rebuild it with this version, or use the nar that wrote it")
+    return man
 
 
 def write_manifest(path: str | Path, manifest: dict) -> None:
@@ -101,7 +105,7 @@ def open_corpus(out: str | Path, llm, teacher, layout: dict, fit_config: dict, b
             logging.getLogger(__name__).warning(
                 "resuming %s with different fit options %s; each run's options are kept in the manifest", out, changed)
         return man
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(not f.name.startswith(".lock-") for f in out.iterdir()):
         raise NarError(f"{out} exists, is not empty and holds no nar corpus; choose another --out")
     man = {"llm": llm_record(llm), "teacher": teacher_record(teacher), "layout": layout, "fit_config": fit_config,
            "build_config": build_config, "runs": [], "counts": {}}
@@ -224,10 +228,15 @@ def compact(path: str | Path, shard_size: int = 1024, rank: int | None = None) -
     if len(small) < 2:
         return 0
     table = _dedupe(pa.concat_tables([pq.read_table(f) for f in small]))
+    kept = [f for f in shard_files(path) if f not in small]
+    if kept:  # rows a compaction killed after its merged write already stored: not stored twice
+        stored = pa.concat_arrays([pq.read_table(f, columns=["id"])["id"].combine_chunks() for f in kept])
+        table = table.filter(pc.invert(pc.is_in(table["id"], value_set=stored)))
     run = uuid.uuid4().hex[:8]
     r = rank if rank is not None else 0
     for k, lo in enumerate(range(0, table.num_rows, shard_size)):
         _write_table(Path(path) / SHARDS / f"r{r:03d}-{run}-{k:06d}-c.parquet", table.slice(lo, shard_size))
+    faults.point("compact.merged")
     for f in small:
         f.unlink(missing_ok=True)
     return len(small)

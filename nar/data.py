@@ -4,6 +4,7 @@ pairs the encoder trains and is evaluated on; the STS-B sentence sets."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,8 @@ from nar import corpus as corpus_store
 from nar.config import BuildConfig, TrainConfig
 from nar.errors import NarError
 from nar.llm import FrozenLLM, Layout
+
+log = logging.getLogger(__name__)
 
 _BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet",
              ".txt": "text"}
@@ -30,13 +33,27 @@ class Row:
 class ReadStats:
     rows: int = 0
     skipped_empty: int = 0
+    skipped_missing: int = 0
     skipped_duplicate: int = 0
     other_ranks: int = 0
     counts: dict = field(default_factory=dict)
 
 
 def load_dataset_any(spec: str, split: str = "train"):
-    """A `datasets.Dataset` from a local file, a folder saved with `save_to_disk`, or a hub name."""
+    """A `datasets.Dataset` from a local file, a folder saved with `save_to_disk`, or a hub name (without
+    `datasets`' own progress bars: nar reports progress, and a --json run keeps stderr to one line on error)."""
+    import datasets
+
+    was = datasets.utils.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        return _load_dataset(spec, split)
+    finally:
+        if not was:
+            datasets.enable_progress_bars()
+
+
+def _load_dataset(spec: str, split: str):
     import datasets
 
     path = Path(spec).expanduser()
@@ -53,6 +70,8 @@ def load_dataset_any(spec: str, split: str = "train"):
             if builder is None:
                 raise NarError(f"cannot read {spec}: unknown file type {path.suffix!r} "
                                f"(use one of {sorted(_BUILDERS)})")
+            if builder != "parquet":
+                check_text_file(path)
             kwargs = {"delimiter": "\t", "quoting": 3} if path.suffix.lower() == ".tsv" else {}
             return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
         if spec.startswith((".", "/", "~")) or path.suffix.lower() in _BUILDERS:
@@ -63,6 +82,22 @@ def load_dataset_any(spec: str, split: str = "train"):
     except Exception as exc:  # datasets raises many types (DatasetNotFoundError, ArrowInvalid, ...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise NarError(f"cannot read {spec}: {first}") from exc
+
+
+def check_text_file(path: Path) -> None:
+    """Refuse, with the file and line, what `datasets` would fail on obscurely: an empty file, bytes that are not
+    UTF-8."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.strip():
+        raise NarError(f"{path} is empty: there are no rows to read")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise NarError(f"{path}:{line}:{col}: byte 0x{data[exc.start]:02x} is not UTF-8; convert the file, e.g. "
+                       f"iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}") from None
 
 
 def row_id(source: str, target: str) -> str:
@@ -90,6 +125,11 @@ def read_rows(cfg: BuildConfig) -> tuple[list[Row], ReadStats]:
         ds = ds.select(range(min(cfg.limit, len(ds))))
     sources, targets = ds[src_col], ds[tgt_col]
     ids = ds[id_col] if id_col else [None] * len(ds)
+    for col, values in {src_col: sources, tgt_col: targets}.items():
+        bad = next((i for i, v in enumerate(values) if v is not None and not isinstance(v, str)), None)
+        if bad is not None:
+            raise NarError(f"{cfg.input}: row {bad + 1}: column {col!r} holds {type(values[bad]).__name__} "
+                           f"{values[bad]!r}, not text; quote it in the file if it is meant as text")
     stats = ReadStats()
     rows, seen = [], set()
     for i, (s, t, k) in enumerate(zip(sources, targets, ids)):
@@ -97,7 +137,10 @@ def read_rows(cfg: BuildConfig) -> tuple[list[Row], ReadStats]:
         if i % cfg.world_size != cfg.rank:
             stats.other_ranks += 1
             continue
-        if t is None or not str(t).strip():
+        if t is None:
+            stats.skipped_missing += 1
+            continue
+        if not t.strip():
             stats.skipped_empty += 1
             continue
         s = "" if s is None else str(s)
@@ -107,6 +150,9 @@ def read_rows(cfg: BuildConfig) -> tuple[list[Row], ReadStats]:
             continue
         seen.add(rid)
         rows.append(Row(rid, s, str(t)))
+    if stats.skipped_missing:
+        log.warning("%s: %d of %d rows have no %r value (missing or null) and were skipped; check the column name",
+                    cfg.input, stats.skipped_missing, stats.rows, tgt_col)
     return rows, stats
 
 

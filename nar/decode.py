@@ -14,15 +14,18 @@ from nar.llm import FrozenLLM, Layout
 @torch.no_grad()
 def decode_ids(llm: FrozenLLM, e: torch.Tensor, m: torch.Tensor, n_tokens: list[int], layout: Layout, *,
                precision: str = "fp32", stop_at_eos: bool = False, batch_size: int = 64,
-               backend: str = "torch", pos: torch.Tensor | None = None) -> list[list[int]]:
+               backend: str = "torch", pos: torch.Tensor | None = None,
+               contexts: list[list[int]] | None = None) -> list[list[int]]:
     """Greedy token ids for each proto-token pair, one forward pass per batch.
 
     e: (B, D) or (B, k, D); m: (B, D) or (1, D) shared; pos: optional position codes (see
     `FrozenLLM.proto_inputs`); n_tokens: B output lengths. With `stop_at_eos`, each
     output is cut before its first EOS (use it when the targets were fitted with an EOS appended).
     `backend`: which runtime runs the pass (`nar.backends`: 'torch', 'llama.cpp', or 'auto').
+    contexts: an in-context encoder's per-text source ids, placed before e in the same pass (`nar.llm.Context`).
     """
     from nar.backends import get_backend
+    from nar.llm import context_for
 
     runner = get_backend(backend, llm, precision)
     dev = llm.device
@@ -33,7 +36,9 @@ def decode_ids(llm: FrozenLLM, e: torch.Tensor, m: torch.Tensor, n_tokens: list[
         mb = m if m.shape[0] == 1 else m[lo:hi]
         mb = mb.to(dev, torch.float32)
         n = max(n_tokens[lo:hi])
-        pred = runner.argmax(llm.proto_inputs(eb, mb, n, layout, None if pos is None else pos.to(dev)), n)
+        ctx = context_for(None if contexts is None else contexts[lo:hi], layout, dev)
+        embeds = llm.proto_inputs(eb, mb, n, layout, None if pos is None else pos.to(dev), ctx)
+        pred = runner.argmax(embeds, n, None if ctx is None else ctx.full_mask(embeds.shape[1]))
         for j, k in enumerate(range(lo, hi)):
             ids = pred[j, : n_tokens[k]].tolist()
             if stop_at_eos and llm.eos_id is not None and llm.eos_id in ids:

@@ -11,6 +11,10 @@ Readers (EncoderConfig.reader):
 - any sentence-transformers name or path (the embedded all-MiniLM-L6-v2 by default): its token states,
   frozen unless `finetune_reader`.
 
+In-context decoding (`context` 'source' or 'chat'): the source's tokens (or the source as a chat prompt) also
+stand before e in the decoding pass (`nar.llm.Context`), so the frozen LLM attends to the source while it emits
+the output; the head's e and m then steer it. Still one forward pass (docs/ENCODER.md, "in-context").
+
 Optional position codes (`pos_codes`): learned, text-independent vectors added to the m copies, so the frozen
 LLM sees a different input at each output position (the proto-token layout repeats one m; see docs/ENCODER.md).
 
@@ -22,6 +26,7 @@ reader weights) and `config.json` (encoder config, LLM and reader fingerprints, 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from pathlib import Path
 
@@ -29,12 +34,15 @@ import torch
 import torch.nn as nn
 
 from nar import __version__
-from nar.artifacts import check_llm, read_json
+from nar.artifacts import atomic_dir, check_llm, read_json, recover_dir
 from nar.config import EncoderConfig
 from nar.errors import NarError
 from nar.llm import FrozenLLM, Layout
 
 log = logging.getLogger(__name__)
+
+FORMAT = "nar-encoder/1"
+"""The checkpoint format this code writes and reads (config.json's "format"; absent in the first checkpoints)."""
 
 
 class ProtoHead(nn.Module):
@@ -210,6 +218,16 @@ class Encoder(nn.Module):
         e = torch.cat(es)
         return (e[:, 0] if e.shape[1] == 1 else e), torch.cat(ms), ns
 
+    def context_ids(self, sources: list[str], llm: FrozenLLM) -> list[list[int]] | None:
+        """The per-text tokens this encoder puts before e in the decoding pass, or None (Paper A's input)."""
+        if self.cfg.context == "none":
+            return None
+        from nar.pairs import prompt_ids
+
+        rows = [prompt_ids(llm, s, chat=self.cfg.context == "chat") for s in sources]
+        return [r[-self.cfg.max_source_tokens:] if self.cfg.context == "chat" else r[: self.cfg.max_source_tokens]
+                for r in rows]
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
@@ -225,16 +243,17 @@ class Encoder(nn.Module):
         self.reader.load_extra({k[7:]: v for k, v in state.items() if k.startswith("reader.")})
 
     def save_pretrained(self, path: str | Path, extra: dict | None = None) -> None:
+        """Write the checkpoint folder atomically: a crash leaves the previous checkpoint or this one."""
+        atomic_dir(path, lambda tmp: self.write_files(tmp, extra))
+
+    def write_files(self, folder: Path, extra: dict | None = None) -> None:
+        """model.safetensors and config.json into `folder` (which `atomic_dir` makes atomic as a whole)."""
         from safetensors.torch import save_file
 
-        from nar.artifacts import atomic_write, atomic_write_json
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        state = self.state_tensors()
-        atomic_write(path / "model.safetensors", lambda tmp: save_file(state, tmp), suffix=".safetensors")
-        cfg = {"encoder_config": self.cfg.to_dict(), **self.meta, **(extra or {}), "nar_version": __version__}
-        atomic_write_json(path / "config.json", cfg)
+        save_file(self.state_tensors(), str(folder / "model.safetensors"))
+        cfg = {"format": FORMAT, "encoder_config": self.cfg.to_dict(), **self.meta, **(extra or {}),
+               "nar_version": __version__}
+        (folder / "config.json").write_text(json.dumps(cfg, indent=2))
 
     @classmethod
     def from_pretrained(cls, path: str | Path, llm: FrozenLLM | None = None,
@@ -244,6 +263,8 @@ class Encoder(nn.Module):
         from safetensors.torch import load_file
 
         path = Path(path)
+        recover_dir(path)
+        recover_dir(path / "best")
         if (path / "best" / "config.json").is_file() and not (path / "config.json").is_file():
             path = path / "best"  # a run folder: take its best checkpoint
         if not (path / "config.json").is_file():
@@ -251,6 +272,10 @@ class Encoder(nn.Module):
         if not (path / "model.safetensors").is_file():
             raise NarError(f"{path} is an incomplete encoder checkpoint (no model.safetensors)")
         meta = read_json(path / "config.json", "an encoder checkpoint")
+        if meta.get("format", FORMAT) != FORMAT:
+            raise NarError(f"{path} is an encoder checkpoint in format {meta['format']!r}; this nar ({__version__}) "
+                           f"reads {FORMAT!r}: retrain it with this version, or use the nar that wrote it")
+        meta.pop("format", None)
         cfg = EncoderConfig.from_dict(meta.pop("encoder_config"))
         if llm is not None:
             check_llm(meta, llm, "this encoder", verb="trained for")

@@ -72,7 +72,8 @@ def encoder_outputs(enc, llm: FrozenLLM, sources: list[str], layout: Layout, pre
     """One-pass token ids for each source: encoder -> (e, m, N) -> one forward pass."""
     with llm.autocast(precision):
         e, m, n = enc.predict(sources, batch_size)
-    return decode_ids(llm, e, m, n, layout, precision=precision, stop_at_eos=stop_at_eos, pos=enc.pos_codes)
+    return decode_ids(llm, e, m, n, layout, precision=precision, stop_at_eos=stop_at_eos, pos=enc.pos_codes,
+                      contexts=enc.context_ids(sources, llm))
 
 
 def evaluate_encoder(enc, llm: FrozenLLM, pairs, layout: Layout, precision: str, stop_at_eos: bool,

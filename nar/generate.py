@@ -30,7 +30,7 @@ def generate(enc: Encoder, llm: FrozenLLM, sources: list[str], *, precision: str
         with llm.autocast(precision):
             e, m, n = enc.predict(chunk)
         ids = decode_ids(llm, e, m, n, layout, precision=precision, stop_at_eos=stop, backend=backend,
-                         pos=enc.pos_codes)
+                         pos=enc.pos_codes, contexts=enc.context_ids(chunk, llm))
         dt = (time.perf_counter() - t0) / len(chunk)
         for s, x in zip(chunk, ids):
             out.append({"source": s, "output": llm.tokenizer.decode(x, skip_special_tokens=True), "n_tokens": len(x),

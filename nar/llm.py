@@ -5,7 +5,10 @@ This is the one module that knows how proto-tokens become `inputs_embeds`:
     [prefix tokens (fixed, optional)] [e] [m] x (N-1)        layout.first == "e"
     [prefix tokens (fixed, optional)] [e] [m] x N            layout.first == "m"
 
-and which output positions predict the N target tokens (always the last N positions).
+and which output positions predict the N target tokens (always the last N positions). An in-context encoder
+(`EncoderConfig.context`) also puts each text's source tokens between the prefix and e, in the same pass:
+
+    [pad ...] [prefix] [source tokens] [e] [m] x (N-1)       a `Context`: left-padded, masked, positions shifted
 """
 
 from __future__ import annotations
@@ -93,6 +96,46 @@ class Layout:
         return cls(prefix_ids=tuple(d.get("prefix_ids", ())), first=d.get("first", "e"))
 
 
+@dataclass
+class Context:
+    """Per-text tokens before e (prefix + source ids), left-padded so every text's proto-tokens end together.
+
+    ids, mask: (B, L); mask is 1 on real tokens. `full_mask(T)` is the (B, T) attention mask of the whole pass
+    (with `forward_kwargs` the padding is invisible: a text's output equals its unpadded, unbatched output)."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+
+    @classmethod
+    def from_ids(cls, rows: list[list[int]], layout: Layout, device: torch.device | str = "cpu") -> Context:
+        rows = [list(layout.prefix_ids) + [int(i) for i in r] for r in rows]
+        width = max(len(r) for r in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for j, r in enumerate(rows):
+            if r:
+                ids[j, width - len(r):] = torch.tensor(r)
+                mask[j, width - len(r):] = 1
+        return cls(ids.to(device), mask.to(device))
+
+    def full_mask(self, total: int) -> torch.Tensor:
+        """(B, total) attention mask of a pass of `total` positions that starts with this context."""
+        b, width = self.mask.shape
+        return torch.cat([self.mask, self.mask.new_ones(b, total - width)], dim=1)
+
+
+def context_for(rows: list[list[int]] | None, layout: Layout, device) -> Context | None:
+    """A `Context` of these per-text source ids, or None for the plain layout."""
+    return None if rows is None else Context.from_ids(rows, layout, device)
+
+
+def forward_kwargs(mask: torch.Tensor | None) -> dict:
+    """The model's attention_mask/position_ids for left-padded input (nothing for an unpadded batch)."""
+    if mask is None:
+        return {}
+    return {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+
+
 class FrozenLLM:
     """A causal LM with every parameter frozen, plus its tokenizer and fingerprint."""
 
@@ -149,18 +192,22 @@ class FrozenLLM:
         return list(self.tokenizer(text, add_special_tokens=False).input_ids)
 
     def proto_inputs(self, e: torch.Tensor, m: torch.Tensor, n: int, layout: Layout,
-                     pos: torch.Tensor | None = None) -> torch.Tensor:
+                     pos: torch.Tensor | None = None, context: Context | None = None) -> torch.Tensor:
         """Input embeddings for a batch of proto-tokens.
 
         e: (B, D), or (B, k, D) for k vectors before the m's (an encoder layout); m: (B, D) or (1, D) when
         shared; pos: optional (>= n_m, D) position codes added to the m copies (an encoder's learned,
-        text-independent offsets). Returns (B, len(prefix) + k + layout.n_m(n), D).
+        text-independent offsets); context: per-text tokens (prefix included) before e, left-padded (pass
+        `forward_kwargs(context.full_mask(T))` to the model).
+        Returns (B, len(prefix or context) + k + layout.n_m(n), D).
         """
         if e.dim() == 2:
             e = e.unsqueeze(1)
         b, _, d = e.shape
         parts = []
-        if layout.prefix_ids:
+        if context is not None:
+            parts.append(self.model.get_input_embeddings()(context.ids).to(e.dtype))
+        elif layout.prefix_ids:
             ids = torch.tensor(layout.prefix_ids, device=e.device)
             parts.append(self.model.get_input_embeddings()(ids).to(e.dtype).unsqueeze(0).expand(b, -1, d))
         parts.append(e)
@@ -171,14 +218,15 @@ class FrozenLLM:
         return torch.cat(parts, dim=1)
 
     def proto_logits(self, e: torch.Tensor, m: torch.Tensor, n: int, layout: Layout,
-                     pos: torch.Tensor | None = None) -> torch.Tensor:
+                     pos: torch.Tensor | None = None, context: Context | None = None) -> torch.Tensor:
         """One forward pass; logits (B, n, V) where row i predicts target token i.
 
         Right padding needs no attention mask: attention is causal, so a text shorter than n is not
-        affected by the positions after its end, which are simply not read.
+        affected by the positions after its end, which are simply not read. A context's left padding is masked.
         """
-        embeds = self.proto_inputs(e, m, n, layout, pos).to(self.dtype)
-        out = self.model(inputs_embeds=embeds, use_cache=False, logits_to_keep=n)
+        embeds = self.proto_inputs(e, m, n, layout, pos, context).to(self.dtype)
+        mask = None if context is None else context.full_mask(embeds.shape[1])
+        out = self.model(inputs_embeds=embeds, use_cache=False, logits_to_keep=n, **forward_kwargs(mask))
         return out.logits[:, -n:]
 
 

@@ -51,16 +51,18 @@ class Reconstruction:
 
 
 def reconstruction_loss(llm, e: torch.Tensor, m: torch.Tensor, targets: Sequence[Sequence[int] | torch.Tensor],
-                        layout, precision: str = "fp32", pos: torch.Tensor | None = None) -> Reconstruction:
+                        layout, precision: str = "fp32", pos: torch.Tensor | None = None,
+                        context=None) -> Reconstruction:
     """Cross-entropy and accuracy of each target from one padded forward pass of the frozen LLM.
 
     e: (B, D) or (B, k, D); m: (B, D) or (1, D) shared; pos: optional position codes added to the m copies
-    (an encoder's, see `FrozenLLM.proto_inputs`); targets: B id sequences (lengths may differ: right padding needs
+    (an encoder's, see `FrozenLLM.proto_inputs`); context: an in-context encoder's `nar.llm.Context`;
+    targets: B id sequences (lengths may differ: right padding needs
     no attention mask, attention being causal). precision 'bf16' autocasts the LLM's matmuls. A text's
     loss does not depend on its batch-mates."""
     tgt = pad_targets(targets, e.device)
     with llm.autocast(precision):
-        logits = llm.proto_logits(e, m, tgt.shape[1], layout, pos)
+        logits = llm.proto_logits(e, m, tgt.shape[1], layout, pos, context)
     logits = logits.float()
     valid = tgt != IGNORE
     lengths = valid.sum(1)

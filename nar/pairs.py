@@ -6,15 +6,21 @@ the LLM's autoregressive output into one-pass generation.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
 import time
 from pathlib import Path
 
-from nar.artifacts import atomic_write_jsonl
+from nar import faults
+from nar.artifacts import atomic_write_jsonl, atomic_write_text, disk_full
 from nar.config import PairsConfig
 from nar.decode import generate_greedy
 from nar.errors import NarError
 from nar.llm import FrozenLLM, load_llm
+
+log = logging.getLogger(__name__)
 
 
 def read_prompts(path: Path, column: str = "prompt") -> list[tuple[str, str]]:
@@ -55,25 +61,80 @@ def prompt_ids(llm: FrozenLLM, prompt: str, chat: bool) -> list[int]:
 def make_pairs(prompts: Path, out: Path, cfg: PairsConfig | None = None, *,
                model: str | FrozenLLM = "smollm2-135m-instruct", device: str = "auto",
                show_progress: bool = True) -> dict:
-    """Write {id, source, target, n_tokens, hit_limit} per prompt to `out` (.jsonl); returns a summary."""
+    """Write {id, source, target, n_tokens, hit_limit} per prompt to `out` (.jsonl); returns a summary.
+
+    Resumable: each finished batch is appended to `<out>.partial` (fsynced), which a rerun with the same options
+    continues from; `out` itself is written once, atomically, at the end."""
     cfg = cfg or PairsConfig()
     max_new_tokens, chat, batch_size = cfg.max_new_tokens, cfg.chat, cfg.batch_size
     rows = [(i, cfg.template.replace("{}", p)) for i, p in read_prompts(prompts, cfg.column)][:cfg.limit]
     llm = model if isinstance(model, FrozenLLM) else load_llm(model, device=device)
+    out = Path(out)
+    partial = out.with_name(out.name + ".partial")
+    header = {"_make_pairs": {"prompts": str(prompts), "model": llm.fingerprint, **cfg.to_dict()}}
+    done = _read_partial(partial, header)
     t0 = time.perf_counter()
     from rich.progress import Progress
 
-    records = []
-    with Progress(disable=not show_progress, transient=True) as prog:
-        task = prog.add_task("generating", total=len(rows))
-        for lo in range(0, len(rows), batch_size):
-            chunk = rows[lo:lo + batch_size]
+    todo = [r for r in rows if r[0] not in done]
+    with (Progress(disable=not show_progress, transient=True) as prog,
+          _append(partial, header, list(done.values())) as f):
+        task = prog.add_task("generating", total=len(rows), completed=len(rows) - len(todo))
+        for lo in range(0, len(todo), batch_size):
+            chunk = todo[lo:lo + batch_size]
             gen = generate_greedy(llm, [prompt_ids(llm, p, chat) for _, p in chunk], max_new_tokens)
+            batch = []
             for (rid, p), ids in zip(chunk, gen):
                 text = llm.tokenizer.decode(ids, skip_special_tokens=True).strip()
-                records.append({"id": rid, "source": p, "target": text, "n_tokens": len(ids),
-                                "hit_limit": len(ids) >= max_new_tokens})
+                batch.append({"id": rid, "source": p, "target": text, "n_tokens": len(ids),
+                              "hit_limit": len(ids) >= max_new_tokens})
+            try:
+                f.write("".join(json.dumps(r) + "\n" for r in batch))
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError as exc:
+                if disk_full(exc, partial) is not None:
+                    raise disk_full(exc, partial) from exc
+                raise
+            done.update((r["id"], r) for r in batch)
+            faults.point("pairs.batch")
             prog.advance(task, len(chunk))
+    records = [done[rid] for rid, _ in rows if rid in done]
     out = atomic_write_jsonl(out, records)
+    partial.unlink(missing_ok=True)
     return {"pairs": len(records), "hit_limit": sum(r["hit_limit"] for r in records),
-            "seconds": round(time.perf_counter() - t0, 1), "out": str(out), "model": llm.fingerprint}
+            "resumed": len(rows) - len(todo), "seconds": round(time.perf_counter() - t0, 1), "out": str(out),
+            "model": llm.fingerprint}
+
+
+def _read_partial(path: Path, header: dict) -> dict[str, dict]:
+    """The pairs a killed run had finished (by id), if it ran with the same options; a torn last line is dropped."""
+    if not path.is_file():
+        return {}
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    try:
+        if not lines or json.loads(lines[0]) != header:
+            log.warning("%s comes from a run with other options: starting over", path)
+            return {}
+    except json.JSONDecodeError:
+        return {}
+    done = {}
+    for line in lines[1:]:
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            break  # the line a crash cut short, and anything after it
+        done[r["id"]] = r
+    if done:
+        log.warning("resuming from %s: %d pairs already generated", path, len(done))
+    return done
+
+
+@contextlib.contextmanager
+def _append(path: Path, header: dict, kept: list[dict]):
+    """The partial file, rewritten with its header and the pairs kept (so a torn last line is not followed by new
+    ones), then opened for appending."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "".join(json.dumps(x) + "\n" for x in [header, *kept]))
+    with open(path, "a", encoding="utf-8") as f:
+        yield f

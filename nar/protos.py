@@ -76,6 +76,15 @@ class ProtoSet:
                 t = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as exc:  # safetensors raises its own error types for corrupt files
             raise NarError(f"{path} is not a readable proto-token file: {exc}") from exc
+        missing = {"e", "m", "n_tokens", "token_ids"} - set(t)
+        if missing:
+            raise NarError(f"{path} is not a proto-token file (no {', '.join(sorted(missing))})")
+        failed = {j for j, r in enumerate(meta.get("results", [])) if r.get("failed")}
+        bad = [j for j in range(len(t["e"])) if j not in failed
+               and not (torch.isfinite(t["e"][j]).all() and torch.isfinite(t["m"][j]).all())]
+        if bad:
+            raise NarError(f"{path}: {len(bad)} proto-token row(s) hold NaN or inf (first: row {bad[0]}) without "
+                           "being marked failed; the file is corrupt: refit those texts")
         n = t["n_tokens"].tolist()
         ids = [row[:k] for row, k in zip(t["token_ids"].tolist(), n)]
         protos = cls(t["e"], t["m"], n, ids, Layout.from_dict(meta.get("layout", {})), meta)

@@ -2,7 +2,8 @@
 
 Losses per batch (weights in TrainConfig):
   ce  = reconstruction cross-entropy of the target tokens from ONE pass of the frozen LLM over the predicted
-        [prefix, e_1..e_k, m x (N-1)], gradients flowing through the frozen LLM into the encoder
+        [prefix, (source, in-context encoders only), e_1..e_k, m x (N-1)], gradients flowing through the frozen
+        LLM into the encoder
   len = cross-entropy of the length head against the true N
   reg = (from a corpus folder only) mean over e and m of [(1 - cos(pred, fitted)) + |unit(pred) - unit(fitted)|^2]
 
@@ -19,12 +20,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from nar.artifacts import atomic_write, llm_record, read_json
+from nar.artifacts import atomic_dir, llm_record, read_json, recover_dir
 from nar.config import EncoderConfig, TrainConfig
 from nar.data import Pairs, load_pairs, run_layout, split
 from nar.encoder import Encoder, make_reader, reader_info
 from nar.errors import NarError
-from nar.llm import FrozenLLM, Layout
+from nar.llm import FrozenLLM, Layout, context_for
 from nar.losses import reconstruction_loss
 from nar.schedule import warmup_cosine
 
@@ -35,7 +36,9 @@ def losses(enc: Encoder, llm: FrozenLLM, batch: Pairs, layout: Layout, cfg: Trai
     e, m, len_logits = e.float(), m.float(), len_logits.float()
     out: dict[str, torch.Tensor] = {}
     if cfg.w_ce > 0:
-        out["ce"] = reconstruction_loss(llm, e, m, batch.token_ids, layout, cfg.precision, enc.head.pos).token_mean()
+        ctx = context_for(enc.context_ids(batch.sources, llm), layout, e.device)
+        out["ce"] = reconstruction_loss(llm, e, m, batch.token_ids, layout, cfg.precision, enc.head.pos,
+                                        ctx).token_mean()
     lengths = torch.tensor([min(len(x), enc.cfg.max_len) - 1 for x in batch.token_ids], device=e.device)
     out["len"] = F.cross_entropy(len_logits, lengths)
     total = cfg.w_ce * out.get("ce", 0.0) + cfg.w_len * out["len"]
@@ -152,18 +155,24 @@ def train_encoder(data: str | Path, cfg: TrainConfig, enc_cfg: EncoderConfig, *,
 
 
 def _save_last(path: Path, enc: Encoder, opt, g: torch.Generator, step: int, best: float) -> None:
-    """Weights, optimizer and RNG states (torch's global one drives dropout; `g` draws the batches)."""
+    """Weights, optimizer and RNG states (torch's global one drives dropout; `g` draws the batches), as one
+    atomic folder: a crash while saving leaves the previous checkpoint whole."""
     from safetensors.torch import save_file
 
-    enc.save_pretrained(path, {"train_state": {"step": step, "best": best}})
-    atomic_write(path / "optimizer.pt", lambda tmp: torch.save(opt.state_dict(), tmp), suffix=".pt")
     rng = {"torch": torch.get_rng_state(), "batches": g.get_state()}
-    atomic_write(path / "rng.safetensors", lambda tmp: save_file(rng, tmp), suffix=".safetensors")
+
+    def write(tmp: Path) -> None:
+        enc.write_files(tmp, {"train_state": {"step": step, "best": best}})
+        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        save_file(rng, str(tmp / "rng.safetensors"))
+
+    atomic_dir(path, write)
 
 
 def _resume(path: Path, enc: Encoder, opt, g: torch.Generator) -> tuple[int, float]:
     from safetensors.torch import load_file
 
+    recover_dir(path)
     need = ("config.json", "model.safetensors", "optimizer.pt", "rng.safetensors")
     missing = [f for f in need if not (path / f).is_file()]
     if missing:

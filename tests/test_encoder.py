@@ -104,7 +104,7 @@ def test_resume_is_bit_for_bit(tiny_llm, texts_file, tmp_path, monkeypatch):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("extra", [dict(n_e=3), dict(pos_codes=True), dict(lora_rank=2)])
+@pytest.mark.parametrize("extra", [dict(n_e=3), dict(pos_codes=True), dict(lora_rank=2), dict(context="source")])
 def test_layout_and_reader_levers(tiny_llm, texts_file, tmp_path, extra):
     """k e-vectors, position codes and a LoRA reader: they train, round-trip exactly and generate."""
     ecfg = EncoderConfig(**{**ENC.to_dict(), **extra})
@@ -124,6 +124,33 @@ def test_layout_and_reader_levers(tiny_llm, texts_file, tmp_path, extra):
     assert torch.equal(e, e2) and torch.equal(m, m2) and n == n2
     rows = generate(loaded, tiny_llm, ["the cat sat on the mat"], precision="fp32")
     assert isinstance(rows[0]["output"], str)
+
+
+def test_context_padding_is_invisible(tiny_llm):
+    """An in-context batch is left-padded: each text's one-pass logits equal its own unpadded, unbatched pass,
+    and the decoded ids agree (torch backend)."""
+    from nar.decode import decode_ids
+    from nar.llm import Context, Layout
+    from nar.losses import reconstruction_loss
+
+    layout = Layout(prefix_ids=(1,))
+    g = torch.Generator().manual_seed(0)
+    d = tiny_llm.hidden_size
+    e, m = torch.randn(3, d, generator=g), torch.randn(3, d, generator=g)
+    rows = [[5, 6, 7, 8, 9, 10], [11], [12, 13, 14]]
+    ctx = Context.from_ids(rows, layout)
+    assert ctx.mask.sum(1).tolist() == [7, 2, 4]
+    batched = tiny_llm.proto_logits(e, m, 5, layout, context=ctx)
+    for j, r in enumerate(rows):
+        alone = tiny_llm.proto_logits(e[j:j + 1], m[j:j + 1], 5, layout, context=Context.from_ids([r], layout))
+        assert torch.allclose(batched[j], alone[0], atol=1e-5)
+    rec = reconstruction_loss(tiny_llm, e, m, [[3, 4, 5, 6, 7]] * 3, layout, context=ctx)
+    assert rec.ce.shape == (3,)
+    ids = decode_ids(tiny_llm, e, m, [5, 5, 5], layout, contexts=rows)
+    assert ids == batched.argmax(-1).tolist()
+    # the context changes the output: the source is really read
+    plain = tiny_llm.proto_logits(e, m, 5, layout)
+    assert not torch.allclose(plain, batched, atol=1e-3)
 
 
 def test_scores_expose_repetition(tiny_llm):
