@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.nar-installed
 
-.PHONY: setup demo test bench lint clean stsb-autoencoder
+.PHONY: setup demo test bench lint clean stsb-autoencoder story-data
 
 setup: $(STAMP)
 
@@ -48,6 +48,16 @@ stsb-autoencoder: setup
 		--run-dir out/stsb-autoencoder $(ENCODER_RECIPE) --steps $(ENCODER_STEPS)
 	mkdir -p checkpoints/stsb-autoencoder
 	cp out/stsb-autoencoder/best/config.json out/stsb-autoencoder/best/model.safetensors checkpoints/stsb-autoencoder/
+
+# The seq2seq task (docs/ENCODER.md): "Continue the story: <STS-B sentence>" -> the frozen LLM's own greedy
+# 16-token continuation (chat template). Prompts from STS-B train; held out: STS-B dev sentences (none in train).
+STORY := --column text --template "Continue the story: {}" --max-new-tokens 16 --batch-size 32
+STORY_TRAIN ?= 3000
+story-data: setup
+	HF_HUB_OFFLINE=1 $(BIN)/nar make-data --stsb $(STSB) --out out/data
+	HF_HUB_OFFLINE=1 $(BIN)/nar make-pairs out/data/stsb-train.jsonl $(STORY) --limit $(STORY_TRAIN) \
+		--out out/data/story-train.jsonl
+	HF_HUB_OFFLINE=1 $(BIN)/nar make-pairs out/data/stsb-dev.jsonl $(STORY) --limit 500 --out out/data/story-dev.jsonl
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

@@ -108,7 +108,9 @@ class Context:
 
     @classmethod
     def from_ids(cls, rows: list[list[int]], layout: Layout, device: torch.device | str = "cpu") -> Context:
-        rows = [list(layout.prefix_ids) + [int(i) for i in r] for r in rows]
+        pre = list(layout.prefix_ids)
+        rows = [[int(i) for i in r] for r in rows]  # a row that starts with the prefix (a chat prompt) keeps one
+        rows = [r if pre and r[: len(pre)] == pre else pre + r for r in rows]
         width = max(len(r) for r in rows)
         ids = torch.zeros(len(rows), width, dtype=torch.long)
         mask = torch.zeros(len(rows), width, dtype=torch.long)

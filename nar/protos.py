@@ -81,7 +81,7 @@ class ProtoSet:
             raise NarError(f"{path} is not a proto-token file (no {', '.join(sorted(missing))})")
         failed = {j for j, r in enumerate(meta.get("results", [])) if r.get("failed")}
         bad = [j for j in range(len(t["e"])) if j not in failed
-               and not (torch.isfinite(t["e"][j]).all() and torch.isfinite(t["m"][j]).all())]
+               and not (torch.isfinite(t["e"][j]).all() and torch.isfinite(t["m"][min(j, len(t["m"]) - 1)]).all())]
         if bad:
             raise NarError(f"{path}: {len(bad)} proto-token row(s) hold NaN or inf (first: row {bad[0]}) without "
                            "being marked failed; the file is corrupt: refit those texts")

@@ -218,6 +218,7 @@ def _nar(*args):
 BAD_INPUTS = {
     "empty": (b"", "is empty: there are no rows"),
     "number": (b'{"text": 5}\n{"text": 6}\n', r"row 1: column 'text' holds int 5, not text"),
+    "no_column": (b'{"txt": "hello"}\n', r"has no column 'text'; its columns are \['txt'\]"),
     "latin1": ('{"text": "ok"}\n{"text": "caf\u00e9"}\n'.encode("latin-1"), r"in.jsonl:2:14: byte 0xe9 is not UTF-8"),
 }
 
