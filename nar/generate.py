@@ -19,7 +19,8 @@ def generate(enc: Encoder, llm: FrozenLLM, sources: list[str], *, precision: str
              compare_ar: bool = False, chat: bool = True, max_new_tokens: int | None = None,
              backend: str = "torch") -> list[dict]:
     """One dict per source: source, output, n_tokens, seconds (encoder + one pass, per source in its batch);
-    with compare_ar also ar_output, ar_seconds and agreement (token accuracy of ours against the AR output).
+    with compare_ar also ar_output (the greedy AR reply, max_new_tokens long or as long as ours), ar_seconds and
+    agreement (token accuracy of ours against the AR output).
     `backend`: the runtime of the one pass (`nar.backends`)."""
     enc.check_llm(llm)
     layout, stop = enc.layout, bool(enc.meta.get("stop_at_eos"))
@@ -35,12 +36,12 @@ def generate(enc: Encoder, llm: FrozenLLM, sources: list[str], *, precision: str
         for s, x in zip(chunk, ids):
             out.append({"source": s, "output": llm.tokenizer.decode(x, skip_special_tokens=True), "n_tokens": len(x),
                         "seconds": round(dt, 4), "_ids": x})
-    if compare_ar:
-        limit = max_new_tokens or enc.cfg.max_len
+    if compare_ar:  # the AR reply at the length of ours (or max_new_tokens): the same question, asked N times
         for row in out:
             t0 = time.perf_counter()
             with torch.no_grad():
-                ar = generate_greedy(llm, [prompt_ids(llm, row["source"], chat)], limit)[0]
+                ar = generate_greedy(llm, [prompt_ids(llm, row["source"], chat)],
+                                     max_new_tokens or max(len(row["_ids"]), 1))[0]
             row["ar_seconds"] = round(time.perf_counter() - t0, 4)
             row["ar_output"] = llm.tokenizer.decode(ar, skip_special_tokens=True).strip()
             row["agreement"] = round(token_accuracy(row["_ids"], ar), 4) if ar else 0.0

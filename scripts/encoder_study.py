@@ -2,6 +2,7 @@
 held-out STS-B dev sentences, everything else at the study's defaults.
 
     python scripts/encoder_study.py NAME [field=value ...]     # fields of EncoderConfig or TrainConfig
+    python scripts/encoder_study.py NAME --eval-only           # evaluate out/study/NAME/last again
 
 Writes out/study/NAME/ (the run) and appends one JSON line to out/study/results.jsonl. Make the data first:
 `nar make-data stsb` (out/data/stsb-{train,dev}.jsonl).
@@ -31,7 +32,9 @@ def parse(v: str):
 
 
 def main() -> None:
-    name, overrides = sys.argv[1], dict(a.split("=", 1) for a in sys.argv[2:])
+    eval_only = "--eval-only" in sys.argv
+    args = [a for a in sys.argv[1:] if a != "--eval-only"]
+    name, overrides = args[0], dict(a.split("=", 1) for a in args[1:])
     overrides = {k: parse(v) for k, v in overrides.items()}
     data = overrides.pop("data", "out/data/stsb-train.jsonl")
     enc_f, tr_f = set(EncoderConfig.__dataclass_fields__), set(TrainConfig.__dataclass_fields__)
@@ -43,7 +46,17 @@ def main() -> None:
     ecfg = EncoderConfig(**{k: v for k, v in overrides.items() if k in enc_f})
     llm = load_llm()
     t0 = time.time()
-    res = train_encoder(data, tcfg, ecfg, llm=llm, show_progress=sys.stderr.isatty())
+    if eval_only:
+        saved = json.loads((run / "last" / "config.json").read_text())
+        overrides = {**saved["encoder_config"], **saved["train_config"]}
+        overrides = {k: v for k, v in overrides.items() if v != {**EncoderConfig().to_dict(),
+                                                                 **TrainConfig().to_dict()}.get(k, v)}
+        res = {"train_texts": saved["data"]["train_texts"],
+               "best_val_token_acc": json.loads((run / "best" / "config.json").read_text())["train_state"]["val"]
+               ["token_acc"]}
+        tcfg = TrainConfig(**saved["train_config"])
+    else:
+        res = train_encoder(data, tcfg, ecfg, llm=llm, show_progress=sys.stderr.isatty())
     ev = eval_encoder(run / "last", llm=llm, limit=500)
     enc_rows = {r["split"]: r for r in ev["rows"] if r["method"] == "encoder"}
     line = {"name": name, "overrides": overrides, "steps": tcfg.steps, "train_texts": res["train_texts"],

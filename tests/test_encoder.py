@@ -126,6 +126,28 @@ def test_layout_and_reader_levers(tiny_llm, texts_file, tmp_path, extra):
     assert isinstance(rows[0]["output"], str)
 
 
+def test_generate_compares_with_the_ar_reply_at_the_same_length(tiny_llm, texts_file, tmp_path):
+    from nar.decode import generate_greedy, token_accuracy
+
+    ecfg = EncoderConfig(**{**ENC.to_dict(), "context": "source"})
+    cfg = TrainConfig(run_dir=str(tmp_path / "run"), steps=3, val_every=1000, save_every=1000,
+                      val_data=str(texts_file / "dev.jsonl"), **RUN)
+    enc = train_encoder(texts_file / "train.jsonl", cfg, ecfg, llm=tiny_llm, show_progress=False)["encoder"]
+    src = ["the cat sat on the mat", "birds sing in the morning"]
+    rows = generate(enc, tiny_llm, src, precision="fp32", compare_ar=True, chat=False, batch_size=1)
+    for s, r in zip(src, rows):
+        ar = generate_greedy(tiny_llm, [tiny_llm.encode(s)], max(r["n_tokens"], 1))[0]
+        assert r["ar_output"] == tiny_llm.tokenizer.decode(ar, skip_special_tokens=True).strip()
+        assert len(ar) <= max(r["n_tokens"], 1)
+        assert r["agreement"] == round(token_accuracy(_ids_of(enc, tiny_llm, s), ar), 4)
+
+
+def _ids_of(enc, llm, source):
+    from nar.evaluate import encoder_outputs
+
+    return encoder_outputs(enc, llm, [source], enc.layout, "fp32", bool(enc.meta.get("stop_at_eos")))[0]
+
+
 def test_context_padding_is_invisible(tiny_llm):
     """An in-context batch is left-padded: each text's one-pass logits equal its own unpadded, unbatched pass,
     and the decoded ids agree (torch backend)."""
