@@ -42,14 +42,13 @@ def atomic_write(path: str | Path, write: Callable[[str], None], suffix: str = "
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
+        with reporting_disk_full(path):
+            write(tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+    except BaseException:
         Path(tmp).unlink(missing_ok=True)
-        if disk_full(exc, path) is not None:
-            raise disk_full(exc, path) from exc
         raise
     return path
 
@@ -60,6 +59,18 @@ def disk_full(exc: BaseException, path: str | Path) -> NarError | None:
         return NarError(f"disk full while writing {path}: free some space and run the same command again "
                         "(everything written before is intact; the run resumes)")
     return None
+
+
+@contextlib.contextmanager
+def reporting_disk_full(path: str | Path) -> Iterator[None]:
+    """Inside: a write's ENOSPC/EDQUOT becomes the user-facing NarError of `disk_full`; other errors pass."""
+    try:
+        yield
+    except OSError as exc:
+        err = disk_full(exc, path)
+        if err is None:
+            raise
+        raise err from exc
 
 
 def atomic_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -75,12 +86,11 @@ def atomic_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        write(tmp)
-        atomic_write_bytes(tmp / COMPLETE, b"")
-    except BaseException as exc:
+        with reporting_disk_full(path):
+            write(tmp)
+            atomic_write_bytes(tmp / COMPLETE, b"")
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        if disk_full(exc, path) is not None:
-            raise disk_full(exc, path) from exc
         raise
     faults.point("checkpoint.files")
     if path.exists():
@@ -177,15 +187,6 @@ def read_json(path: str | Path, what: str = "") -> dict:
 
 # ----------------------------------------------------------------------------------------------
 # Provenance
-
-
-def file_hash(path: str | Path) -> str:
-    """blake2b-64 of a file's bytes."""
-    h = hashlib.blake2b(digest_size=8)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def weights_hash(state_dict: dict, h=None) -> str:

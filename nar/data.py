@@ -86,18 +86,17 @@ def _load_dataset(spec: str, split: str):
 
 def check_text_file(path: Path) -> None:
     """Refuse, with the file and line, what `datasets` would fail on obscurely: an empty file, bytes that are not
-    UTF-8."""
+    UTF-8. Streams the file line by line (no second copy of a large input in memory)."""
+    seen_text = False
     with open(path, "rb") as f:
-        data = f.read()
-    if not data.strip():
+        for line_no, line in enumerate(f, 1):
+            try:
+                seen_text = bool(line.decode("utf-8").strip()) or seen_text
+            except UnicodeDecodeError as exc:
+                raise NarError(f"{path}:{line_no}:{exc.start + 1}: byte 0x{line[exc.start]:02x} is not UTF-8; convert "
+                               f"the file, e.g. iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}") from None
+    if not seen_text:
         raise NarError(f"{path} is empty: there are no rows to read")
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise NarError(f"{path}:{line}:{col}: byte 0x{data[exc.start]:02x} is not UTF-8; convert the file, e.g. "
-                       f"iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}") from None
 
 
 def row_id(source: str, target: str) -> str:
@@ -126,6 +125,8 @@ def read_rows(cfg: BuildConfig) -> tuple[list[Row], ReadStats]:
     sources, targets = ds[src_col], ds[tgt_col]
     ids = ds[id_col] if id_col else [None] * len(ds)
     for col, values in {src_col: sources, tgt_col: targets}.items():
+        if getattr(ds.features[col], "dtype", None) in ("string", "large_string"):
+            continue  # one type per column (Arrow): only a non-text column needs its first bad row found
         bad = next((i for i, v in enumerate(values) if v is not None and not isinstance(v, str)), None)
         if bad is not None:
             raise NarError(f"{cfg.input}: row {bad + 1}: column {col!r} holds {type(values[bad]).__name__} "

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from collections import Counter
 
-import torch
 import torch.nn.functional as F
 
-from nar.decode import decode_ids, token_accuracy
+from nar.decode import token_accuracy
+from nar.generate import encoder_outputs
 from nar.llm import FrozenLLM, Layout
 
 BUCKETS = ((1, 8), (9, 12), (13, 16), (17, 32), (33, 10_000))
@@ -64,16 +64,6 @@ def by_length(pred: list[list[int]], targets: list[list[int]]) -> list[dict]:
                         "token_acc": sum(token_accuracy(pred[i], targets[i]) for i in idx) / len(idx),
                         "exact_match": sum(pred[i] == targets[i] for i in idx) / len(idx)})
     return out
-
-
-@torch.no_grad()
-def encoder_outputs(enc, llm: FrozenLLM, sources: list[str], layout: Layout, precision: str, stop_at_eos: bool,
-                    batch_size: int = 32) -> list[list[int]]:
-    """One-pass token ids for each source: encoder -> (e, m, N) -> one forward pass."""
-    with llm.autocast(precision):
-        e, m, n = enc.predict(sources, batch_size)
-    return decode_ids(llm, e, m, n, layout, precision=precision, stop_at_eos=stop_at_eos, pos=enc.pos_codes,
-                      contexts=enc.context_ids(sources, llm))
 
 
 def evaluate_encoder(enc, llm: FrozenLLM, pairs, layout: Layout, precision: str, stop_at_eos: bool,

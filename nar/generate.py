@@ -15,6 +15,17 @@ from nar.llm import FrozenLLM
 from nar.pairs import prompt_ids
 
 
+@torch.no_grad()
+def encoder_outputs(enc: Encoder, llm: FrozenLLM, sources: list[str], layout, precision: str, stop_at_eos: bool,
+                    batch_size: int = 32, backend: str = "torch") -> list[list[int]]:
+    """One-pass token ids for each source: encoder -> (e, m, N) [+ the source, for an in-context encoder] -> one
+    forward pass. The one path of `generate`, `nar.evaluate` and the benches."""
+    with llm.autocast(precision):
+        e, m, n = enc.predict(sources, batch_size)
+    return decode_ids(llm, e, m, n, layout, precision=precision, stop_at_eos=stop_at_eos, backend=backend,
+                      pos=enc.pos_codes, contexts=enc.context_ids(sources, llm))
+
+
 def generate(enc: Encoder, llm: FrozenLLM, sources: list[str], *, precision: str = "bf16", batch_size: int = 32,
              compare_ar: bool = False, chat: bool = True, max_new_tokens: int | None = None,
              backend: str = "torch") -> list[dict]:
@@ -28,10 +39,7 @@ def generate(enc: Encoder, llm: FrozenLLM, sources: list[str], *, precision: str
     for lo in range(0, len(sources), batch_size):
         chunk = sources[lo:lo + batch_size]
         t0 = time.perf_counter()
-        with llm.autocast(precision):
-            e, m, n = enc.predict(chunk)
-        ids = decode_ids(llm, e, m, n, layout, precision=precision, stop_at_eos=stop, backend=backend,
-                         pos=enc.pos_codes, contexts=enc.context_ids(chunk, llm))
+        ids = encoder_outputs(enc, llm, chunk, layout, precision, stop, batch_size, backend)
         dt = (time.perf_counter() - t0) / len(chunk)
         for s, x in zip(chunk, ids):
             out.append({"source": s, "output": llm.tokenizer.decode(x, skip_special_tokens=True), "n_tokens": len(x),

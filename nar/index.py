@@ -18,7 +18,7 @@ import numpy as np
 
 from nar import corpus as corpus_store
 from nar import faults
-from nar.artifacts import atomic_write, atomic_write_json, check_fingerprint, file_hash, read_json
+from nar.artifacts import atomic_write, atomic_write_json, check_fingerprint, read_json
 from nar.errors import NarError
 from nar.space import space_vectors
 
@@ -74,7 +74,6 @@ def build_index(path: str | Path, space: str = "e", kind: str = "flat", *, nlist
     fpath, jpath = _paths(path, space, kind)
     atomic_write(fpath, lambda tmp: faiss.write_index(index, tmp))
     faults.point("index.faiss")
-    meta["faiss_hash"] = file_hash(fpath)  # ties the JSON half to this very FAISS file
     atomic_write_json(jpath, {**meta, "ids": ids}, indent=None)
     return ProtoIndex(index, ids, meta)
 
@@ -119,14 +118,14 @@ def load_index(path: str | Path, space: str = "e", kind: str = "flat", *, build_
         log.warning("no %s/%s index in %s yet: building it now", space, kind, path)
         return build_index(path, space, kind)
     meta = read_json(jpath)
-    if meta.get("faiss_hash") != file_hash(fpath):  # the two halves come from different builds (a crash between)
+    check_fingerprint(meta.get("corpus_fingerprint"), corpus_store.fingerprint(path), f"the {space}/{kind} index in "
+                      f"{path}", kind="corpus", hint=f"; rebuild it: nar index build {path} --space {space} --kind "
+                      f"{kind}")
+    index, ids = faiss.read_index(str(fpath)), meta.pop("ids")
+    if index.ntotal != len(ids) or index.d != meta.get("dim"):  # the halves of two builds: a crash between writes
         if not build_missing:
             raise NarError(f"the {space}/{kind} index in {path} is half-written; run: nar index build {path} "
                            f"--space {space} --kind {kind}")
         log.warning("the %s/%s index in %s is half-written (an interrupted build): rebuilding it", space, kind, path)
         return build_index(path, space, kind)
-    check_fingerprint(meta.get("corpus_fingerprint"), corpus_store.fingerprint(path), f"the {space}/{kind} index in "
-                      f"{path}", kind="corpus", hint=f"; rebuild it: nar index build {path} --space {space} --kind "
-                      f"{kind}")
-    ids = meta.pop("ids")
-    return ProtoIndex(faiss.read_index(str(fpath)), ids, meta)
+    return ProtoIndex(index, ids, meta)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from nar import faults
-from nar.artifacts import atomic_write_jsonl, atomic_write_text, disk_full
+from nar.artifacts import atomic_write_jsonl, atomic_write_text, reporting_disk_full
 from nar.config import PairsConfig
 from nar.decode import generate_greedy
 from nar.errors import NarError
@@ -88,14 +88,10 @@ def make_pairs(prompts: Path, out: Path, cfg: PairsConfig | None = None, *,
                 text = llm.tokenizer.decode(ids, skip_special_tokens=True).strip()
                 batch.append({"id": rid, "source": p, "target": text, "n_tokens": len(ids),
                               "hit_limit": len(ids) >= max_new_tokens})
-            try:
+            with reporting_disk_full(partial):
                 f.write("".join(json.dumps(r) + "\n" for r in batch))
                 f.flush()
                 os.fsync(f.fileno())
-            except OSError as exc:
-                if disk_full(exc, partial) is not None:
-                    raise disk_full(exc, partial) from exc
-                raise
             done.update((r["id"], r) for r in batch)
             faults.point("pairs.batch")
             prog.advance(task, len(chunk))

@@ -79,9 +79,9 @@ class ProtoSet:
         missing = {"e", "m", "n_tokens", "token_ids"} - set(t)
         if missing:
             raise NarError(f"{path} is not a proto-token file (no {', '.join(sorted(missing))})")
+        finite = torch.isfinite(t["e"]).flatten(1).all(1) & torch.isfinite(t["m"]).flatten(1).all(1)  # m may be shared
         failed = {j for j, r in enumerate(meta.get("results", [])) if r.get("failed")}
-        bad = [j for j in range(len(t["e"])) if j not in failed
-               and not (torch.isfinite(t["e"][j]).all() and torch.isfinite(t["m"][min(j, len(t["m"]) - 1)]).all())]
+        bad = [j for j in torch.nonzero(~finite).flatten().tolist() if j not in failed]
         if bad:
             raise NarError(f"{path}: {len(bad)} proto-token row(s) hold NaN or inf (first: row {bad[0]}) without "
                            "being marked failed; the file is corrupt: refit those texts")

@@ -143,7 +143,7 @@ def test_generate_compares_with_the_ar_reply_at_the_same_length(tiny_llm, texts_
 
 
 def _ids_of(enc, llm, source):
-    from nar.evaluate import encoder_outputs
+    from nar.generate import encoder_outputs
 
     return encoder_outputs(enc, llm, [source], enc.layout, "fp32", bool(enc.meta.get("stop_at_eos")))[0]
 
