@@ -190,6 +190,8 @@ def generate(checkpoint: Path = CHECKPOINT, source: str | None = typer.Argument(
              output: Path | None = typer.Option(None, help="Also write one JSON object per source (.jsonl)."),
              heldout: int = typer.Option(0, help="Also the first N held-out sources recorded with the checkpoint."),
              compare_ar: bool = typer.Option(False, "--compare-ar", help="Also the LLM's own greedy AR output."),
+             refine: int = typer.Option(0, min=0, help="Refinement passes after the one pass (Jacobi passes of the "
+                                        "LLM over [prompt, draft]; they reach its greedy reply in <= N passes)."),
              model: str = MODEL, precision: str = PRECISION, device: str = DEVICE, backend: str = BACKEND,
              batch_size: int = typer.Option(32, help="Sources per batch (1 with --compare-ar)."),
              as_json: bool = typer.Option(False, "--json", help="One JSON object per source, in input order.")) -> None:
@@ -209,7 +211,7 @@ def generate(checkpoint: Path = CHECKPOINT, source: str | None = typer.Argument(
     if not sources:
         raise NarError("give a SOURCE argument, --input or --heldout")
     rows = run(enc, llm, sources, precision=precision, batch_size=1 if compare_ar else batch_size,
-               compare_ar=compare_ar, backend=backend)
+               compare_ar=compare_ar, backend=backend, refine=refine)
     if output is not None:
         atomic_write_jsonl(output, rows)
     for r in rows if as_json else ():

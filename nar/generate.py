@@ -13,6 +13,7 @@ from nar.encoder import Encoder
 from nar.errors import NarError
 from nar.llm import FrozenLLM
 from nar.pairs import prompt_ids
+from nar.refine import refine_ids
 
 
 @torch.no_grad()
@@ -28,8 +29,11 @@ def encoder_outputs(enc: Encoder, llm: FrozenLLM, sources: list[str], layout, pr
 
 def generate(enc: Encoder, llm: FrozenLLM, sources: list[str], *, precision: str = "bf16", batch_size: int = 32,
              compare_ar: bool = False, chat: bool = True, max_new_tokens: int | None = None,
-             backend: str = "torch") -> list[dict]:
-    """One dict per source: source, output, n_tokens, seconds (encoder + one pass, per source in its batch);
+             backend: str = "torch", refine: int = 0) -> list[dict]:
+    """One dict per source: source, output, n_tokens, seconds (encoder + one pass [+ refinement], per source in
+    its batch); with refine = K > 0, K Jacobi passes of the frozen LLM over [chat prompt, draft] follow the one
+    pass (`nar.refine`: they move the output towards the LLM's own greedy reply, reached after at most N passes;
+    meaningful for encoders trained on the LLM's replies, e.g. `make story-data`);
     with compare_ar also ar_output (the greedy AR reply, max_new_tokens long or as long as ours), ar_seconds and
     agreement (token accuracy of ours against the AR output).
     `backend`: the runtime of the one pass (`nar.backends`)."""
@@ -40,6 +44,9 @@ def generate(enc: Encoder, llm: FrozenLLM, sources: list[str], *, precision: str
         chunk = sources[lo:lo + batch_size]
         t0 = time.perf_counter()
         ids = encoder_outputs(enc, llm, chunk, layout, precision, stop, batch_size, backend)
+        if refine > 0:
+            ids = refine_ids(llm, [prompt_ids(llm, s, chat) for s in chunk], ids, refine, precision=precision,
+                             batch_size=batch_size)
         dt = (time.perf_counter() - t0) / len(chunk)
         for s, x in zip(chunk, ids):
             out.append({"source": s, "output": llm.tokenizer.decode(x, skip_special_tokens=True), "n_tokens": len(x),

@@ -140,6 +140,11 @@ def test_generate_compares_with_the_ar_reply_at_the_same_length(tiny_llm, texts_
         assert r["ar_output"] == tiny_llm.tokenizer.decode(ar, skip_special_tokens=True).strip()
         assert len(ar) <= max(r["n_tokens"], 1)
         assert r["agreement"] == round(token_accuracy(_ids_of(enc, tiny_llm, s), ar), 4)
+    # refinement passes: enough of them turn the one-pass draft into the AR reply
+    refined = {k: generate(enc, tiny_llm, src[:1], precision="fp32", compare_ar=True, chat=False, batch_size=1,
+                           refine=k)[0] for k in (0, 20)}
+    assert refined[0]["output"] == rows[0]["output"] and refined[0]["agreement"] < 1.0
+    assert refined[20]["agreement"] == 1.0
 
 
 def _ids_of(enc, llm, source):
