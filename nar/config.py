@@ -237,6 +237,10 @@ class EncoderConfig(StageConfig):
     """Transformer decoder layers in the head (learned queries attend to the source's token states)."""
     pos_codes: bool = False
     """Add learned, text-independent position codes to the m copies."""
+    out_norm: float = 0.0
+    """> 0: every emitted vector (e_j, m) is rescaled to this L2 norm (in the LLM's input-embedding units;
+    SmolLM2's tokens have norm ~3.2, its fitted proto-tokens ~6); 0: free (an unconstrained encoder drifts to
+    norm ~40, one shared direction for all texts: docs/ENCODER.md)."""
     heads: int = 4
     """Attention heads in the head's layers."""
     dropout: float = 0.1
@@ -258,6 +262,7 @@ class EncoderConfig(StageConfig):
         _check(self.context in CONTEXTS, f"context must be one of {CONTEXTS}")
         _check(self.layers >= 1 and self.max_len >= 1 and self.max_source_tokens >= 1, "sizes must be >= 1")
         _check(0 <= self.dropout < 1, "dropout must be in [0, 1)")
+        _check(self.out_norm >= 0, "out_norm must be >= 0")
         _check(self.n_e >= 1 and self.lora_rank >= 0, "n_e must be >= 1 and lora_rank >= 0")
         _check(self.reader == "llm" or self.lora_rank == 0, "lora_rank needs reader 'llm'")
 

@@ -59,6 +59,7 @@ class ProtoHead(nn.Module):
         self.out_m = nn.Linear(cfg.d_model, llm_dim)
         self.out_len = nn.Linear(cfg.d_model, cfg.max_len)
         self.pos = nn.Parameter(torch.zeros(cfg.max_len, llm_dim)) if cfg.pos_codes else None
+        self.out_norm = cfg.out_norm
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """states (B, L, H), mask (B, L) True on real tokens -> e (B, k, D), m (B, D), length logits (B, max_len)."""
@@ -66,7 +67,10 @@ class ProtoHead(nn.Module):
         q = self.queries.unsqueeze(0).expand(states.shape[0], -1, -1)
         h = self.norm(self.decoder(q, mem, memory_key_padding_mask=~mask))
         k = self.n_e
-        return self.out_e(h[:, :k]), self.out_m(h[:, k]), self.out_len(h[:, k + 1])
+        e, m = self.out_e(h[:, :k]), self.out_m(h[:, k])
+        if self.out_norm > 0:
+            e, m = (nn.functional.normalize(x, dim=-1) * self.out_norm for x in (e, m))
+        return e, m, self.out_len(h[:, k + 1])
 
 
 class LLMReader(nn.Module):

@@ -104,7 +104,8 @@ def test_resume_is_bit_for_bit(tiny_llm, texts_file, tmp_path, monkeypatch):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("extra", [dict(n_e=3), dict(pos_codes=True), dict(lora_rank=2), dict(context="source")])
+@pytest.mark.parametrize("extra", [dict(n_e=3), dict(pos_codes=True), dict(lora_rank=2), dict(context="source"),
+                                   dict(out_norm=2.5, n_e=2)])
 def test_layout_and_reader_levers(tiny_llm, texts_file, tmp_path, extra):
     """k e-vectors, position codes and a LoRA reader: they train, round-trip exactly and generate."""
     ecfg = EncoderConfig(**{**ENC.to_dict(), **extra})
@@ -113,9 +114,12 @@ def test_layout_and_reader_levers(tiny_llm, texts_file, tmp_path, extra):
     res = train_encoder(texts_file / "train.jsonl", cfg, ecfg, llm=tiny_llm, show_progress=False)
     trained = res["encoder"]
     e, m, n = trained.predict(["the cat sat on the mat"])
-    assert e.shape == ((1, 3, tiny_llm.hidden_size) if extra.get("n_e") else (1, tiny_llm.hidden_size))
+    assert e.shape == ((1, extra["n_e"], tiny_llm.hidden_size) if extra.get("n_e") else (1, tiny_llm.hidden_size))
     if extra.get("pos_codes"):
         assert trained.pos_codes is not None and trained.pos_codes.abs().sum() > 0  # the codes were trained
+    if extra.get("out_norm"):  # every emitted vector sits on the sphere of that radius
+        for x in (e, m):
+            assert torch.allclose(x.norm(dim=-1), torch.full(x.shape[:-1], 2.5), atol=1e-4)
     if extra.get("lora_rank"):
         lora = [k for k in trained.state_tensors() if "lora" in k]
         assert lora and any(trained.state_tensors()[k].abs().sum() > 0 for k in lora if "lora_B" in k)
