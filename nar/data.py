@@ -322,12 +322,23 @@ def run_layout(llm: FrozenLLM, data: str | Path) -> tuple[Layout, bool]:
     return Layout(prefix_ids=llm.resolve_prefix("bos")), False
 
 
+def train_val_splits(data: str | Path, llm: FrozenLLM, cfg: TrainConfig) -> tuple[Pairs, Pairs]:
+    """(training pairs, held-out pairs) of a run: the val_data file or the seeded val_frac split, and, with
+    cfg.limit, a seeded subset of the training pairs. Training and evaluation both take them from here."""
+    pairs = load_pairs(data, llm, cfg)
+    if cfg.val_data:
+        train, val = pairs, load_pairs(cfg.val_data, llm, cfg)
+    else:
+        tr, va = split(len(pairs), cfg.val_frac, cfg.seed)
+        train, val = pairs.take(tr), pairs.take(va)
+    if cfg.limit is not None and cfg.limit < len(train):
+        order = list(range(len(train)))
+        random.Random(cfg.seed).shuffle(order)
+        train = train.take(sorted(order[: cfg.limit]))
+    return train, val
+
+
 def checkpoint_splits(meta: dict, llm: FrozenLLM) -> tuple[Pairs, Pairs, TrainConfig]:
-    """(training pairs, held-out pairs, training config) as an encoder checkpoint's run used them: its
-    val_data file, or the seeded val_frac split of its training data."""
+    """(training pairs, held-out pairs, training config) exactly as an encoder checkpoint's run used them."""
     tcfg = TrainConfig.from_dict(meta["train_config"])
-    pairs = load_pairs(meta["data"]["train"], llm, tcfg)
-    if tcfg.val_data:
-        return pairs, load_pairs(tcfg.val_data, llm, tcfg), tcfg
-    tr, va = split(len(pairs), tcfg.val_frac, tcfg.seed)
-    return pairs.take(tr), pairs.take(va), tcfg
+    return (*train_val_splits(meta["data"]["train"], llm, tcfg), tcfg)

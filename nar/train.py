@@ -13,7 +13,6 @@ state it uses, so `--resume` continues bit for bit; `best/` holds the best perio
 
 from __future__ import annotations
 
-import random
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 
 from nar.artifacts import atomic_dir, llm_record, read_json, recover_dir
 from nar.config import EncoderConfig, TrainConfig
-from nar.data import Pairs, load_pairs, run_layout, split
+from nar.data import Pairs, run_layout, train_val_splits
 from nar.encoder import Encoder, make_reader, reader_info
 from nar.errors import NarError
 from nar.llm import FrozenLLM, Layout, context_for
@@ -80,16 +79,7 @@ def train_encoder(data: str | Path, cfg: TrainConfig, enc_cfg: EncoderConfig, *,
 
     layout, stop_at_eos = run_layout(llm, data)
     stop_at_eos = stop_at_eos or cfg.append_eos
-    pairs = load_pairs(data, llm, cfg)
-    if cfg.val_data:
-        train, val = pairs, load_pairs(cfg.val_data, llm, cfg)
-    else:
-        tr_idx, va_idx = split(len(pairs), cfg.val_frac, cfg.seed)
-        train, val = pairs.take(tr_idx), pairs.take(va_idx)
-    if cfg.limit is not None and cfg.limit < len(train):
-        order = list(range(len(train)))
-        random.Random(cfg.seed).shuffle(order)
-        train = train.take(sorted(order[: cfg.limit]))
+    train, val = train_val_splits(data, llm, cfg)
     val_probe = val.take(list(range(min(cfg.val_limit, len(val)))))
     run = Path(cfg.run_dir)
     torch.manual_seed(cfg.seed)
@@ -97,7 +87,7 @@ def train_encoder(data: str | Path, cfg: TrainConfig, enc_cfg: EncoderConfig, *,
     meta = {"llm": llm_record(llm), "reader": reader_info(enc_cfg, reader, llm),
             "layout": layout.to_dict(), "stop_at_eos": stop_at_eos,
             "data": {"train": str(data), "val": cfg.val_data, "train_texts": len(train), "val_texts": len(val),
-                     "stats": pairs.stats, "val_ids": [] if cfg.val_data else val.ids},
+                     "stats": train.stats, "val_ids": [] if cfg.val_data else val.ids},
             "train_config": cfg.to_dict()}
     enc = Encoder(enc_cfg, reader, llm.hidden_size, meta).to(llm.device)
     if train.e is not None:
@@ -150,7 +140,7 @@ def train_encoder(data: str | Path, cfg: TrainConfig, enc_cfg: EncoderConfig, *,
         _save_last(run / "last", enc, opt, g, cfg.steps, best)
     tb.close()
     return {"run_dir": str(run), "steps": cfg.steps, "train_texts": len(train), "val_texts": len(val),
-            "data": pairs.stats, "val": last_val, "best_val_token_acc": best,
+            "data": train.stats, "val": last_val, "best_val_token_acc": best,
             "seconds": round(time.perf_counter() - t0, 1), "encoder": enc}
 
 

@@ -311,3 +311,24 @@ def test_warm_start_from_encoder(tiny_llm, teacher, pair_corpus, tmp_path, monke
         encoder_init(tmp_path / "run" / "last", tiny_llm, FitConfig(**FIT, prefix="none"), ["x"])
     with pytest.raises(NarError, match="warm-start-encoder"):
         BuildConfig(input=str(src), out=str(tmp_path / "d"), warm_start="encoder")
+
+
+def test_evaluation_sees_the_training_subset_of_a_limited_run(tiny_llm, texts_file, tmp_path, monkeypatch):
+    """With --limit, eval-encoder's "train" rows and retrieval baseline use the texts the run trained on."""
+    import nar.train as tr
+    from nar.data import checkpoint_splits
+
+    seen: set[str] = set()
+    real = tr.losses
+
+    def spy(enc, llm, batch, layout, cfg):
+        seen.update(batch.ids)
+        return real(enc, llm, batch, layout, cfg)
+
+    monkeypatch.setattr(tr, "losses", spy)
+    cfg = TrainConfig(run_dir=str(tmp_path / "run"), steps=4, val_every=1000, save_every=1000, limit=4,
+                      val_data=str(texts_file / "dev.jsonl"), **{**RUN, "batch_size": 4})
+    enc = train_encoder(texts_file / "train.jsonl", cfg, ENC, llm=tiny_llm, show_progress=False)["encoder"]
+    train, held, _ = checkpoint_splits(enc.meta, tiny_llm)
+    assert len(train) == 4 and set(train.ids) == seen
+    assert not set(held.ids) & seen
