@@ -177,8 +177,16 @@ def fit_stream(llm: FrozenLLM, items: Iterable[FitItem], cfg: FitConfig, *,
         rec = reconstruction_loss(llm, E, M, [slots[i].targets for i in act], layout, cfg.precision)
         ce, acc = rec.ce, rec.acc
         ce_now = ce.detach().cpu()
-        acc_now = acc.cpu()
+        acc_now = acc.cpu().clone()
         finite = torch.isfinite(ce)
+        if cfg.precision == "bf16" and cfg.verify_fp32:  # reached in bf16: does it hold in fp32 decoding?
+            hit = [j for j in range(len(act)) if float(acc_now[j]) >= cfg.target_acc and bool(finite[j])]
+            if hit:
+                with torch.no_grad():
+                    acc32 = reconstruction_loss(llm, E[hit].detach(), M[hit].detach(),
+                                                [slots[act[j]].targets for j in hit], layout, "fp32").acc.cpu()
+                for j, a32 in zip(hit, acc32):
+                    acc_now[j] = min(float(acc_now[j]), float(a32))  # the worse of the two decodings
         loss = torch.where(finite, ce, torch.zeros_like(ce)).sum()
         extras = extra_loss(E, M, [slots[i].item for i in act]) if extra_loss else {}
         for v in extras.values():

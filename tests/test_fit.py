@@ -194,3 +194,31 @@ def test_one_schedule_for_fitting_and_encoder_training():
 
     assert [lr_at(cfg, s) for s in range(120)] == [warmup_cosine(s, 0.03, 10, 110) for s in range(120)]
     assert warmup_cosine(500, 1.0, 10, 110) == pytest.approx(0.1)  # flat at the floor after the end
+
+
+def test_bf16_fits_count_only_when_they_also_decode_in_fp32(tiny_llm, monkeypatch):
+    """verify_fp32: a bf16 fit that reaches the target is checked in fp32 and keeps training until it holds."""
+    import nar.fit as fit_mod
+
+    cfg = FitConfig(**{**FAST, "precision": "bf16"})
+    plain = fit_texts(tiny_llm, TEXTS, cfg.replace(verify_fp32=False))
+    checked = fit_texts(tiny_llm, TEXTS, cfg)
+    layout = make_layout(tiny_llm, cfg)
+    for r in checked:
+        assert r.converged
+        out = decode_ids(tiny_llm, r.e[None], r.m[None], [r.n_tokens], layout, precision="fp32")[0]
+        assert token_accuracy(out, r.token_ids) == 1.0
+    # an fp32 check that fails its first 5 calls: the texts must train on past where bf16 alone stopped
+    real, calls = fit_mod.reconstruction_loss, {"fp32": 0}
+
+    def flaky(llm, e, m, targets, layout, precision="fp32", *rest):
+        rec = real(llm, e, m, targets, layout, precision, *rest)
+        if precision == "fp32" and calls["fp32"] < 5:
+            calls["fp32"] += 1
+            rec.acc.zero_()
+        return rec
+
+    monkeypatch.setattr(fit_mod, "reconstruction_loss", flaky)
+    held = fit_texts(tiny_llm, TEXTS, cfg)
+    assert calls["fp32"] == 5 and all(r.converged for r in held)
+    assert sum(r.steps for r in held) > sum(r.steps for r in plain)
