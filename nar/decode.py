@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from nar.llm import FrozenLLM, Layout
+from nar.llm import FrozenLLM, Layout, left_pad
 
 
 @torch.no_grad()
@@ -65,13 +65,9 @@ def token_accuracy(pred: list[int], target: list[int]) -> float:
 def generate_greedy(llm: FrozenLLM, prompt_ids: list[list[int]], max_new_tokens: int,
                     *, stop_at_eos: bool = True) -> list[list[int]]:
     """The autoregressive reference: `model.generate` greedy with KV cache, left-padded batch."""
-    pad = llm.tokenizer.pad_token_id if llm.tokenizer.pad_token_id is not None else (llm.eos_id or 0)
-    width = max(len(p) for p in prompt_ids)
-    ids = torch.full((len(prompt_ids), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for j, p in enumerate(prompt_ids):
-        ids[j, width - len(p):] = torch.tensor(p)
-        mask[j, width - len(p):] = 1
+    pad = llm.pad_id
+    ids, mask = left_pad(prompt_ids, pad)
+    width = ids.shape[1]
     kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
     if not stop_at_eos:
         kwargs["min_new_tokens"] = max_new_tokens

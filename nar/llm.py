@@ -131,6 +131,18 @@ def context_for(rows: list[list[int]] | None, layout: Layout, device) -> Context
     return None if rows is None else Context.from_ids(rows, layout, device)
 
 
+def left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask), both (B, longest row), rows right-aligned; mask is 1 on real tokens."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for j, r in enumerate(rows):
+        if r:
+            ids[j, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[j, width - len(r):] = 1
+    return ids, mask
+
+
 def forward_kwargs(mask: torch.Tensor | None) -> dict:
     """The model's attention_mask/position_ids for left-padded input (nothing for an unpadded batch)."""
     if mask is None:
@@ -168,6 +180,12 @@ class FrozenLLM:
     @property
     def eos_id(self) -> int | None:
         return self.tokenizer.eos_token_id
+
+    @property
+    def pad_id(self) -> int:
+        """The id that fills left padding (never attended to): the tokenizer's pad, else EOS, else 0."""
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else (self.eos_id or 0)
 
     def resolve_prefix(self, prefix: str) -> tuple[int, ...]:
         """`none` -> no prefix; `bos` -> the tokenizer's BOS token; anything else is tokenised as text."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nar.llm import FrozenLLM, forward_kwargs
+from nar.llm import FrozenLLM, forward_kwargs, left_pad
 
 
 @dataclass
@@ -25,16 +25,6 @@ class Refined:
 
     steps: list[list[list[int]]]
     fixed_at: list[int | None]
-
-
-def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for j, r in enumerate(rows):
-        ids[j, width - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[j, width - len(r):] = 1
-    return ids, mask
 
 
 @torch.no_grad()
@@ -52,8 +42,7 @@ def jacobi(llm: FrozenLLM, prompts: list[list[int]], drafts: list[list[int]], pa
     if n < 1 or any(len(d) != n for d in drafts) or any(not p for p in prompts):
         raise ValueError("drafts must share one length >= 1 and prompts must be non-empty")
     dev, model = llm.device, llm.model
-    pad = llm.tokenizer.pad_token_id if llm.tokenizer.pad_token_id is not None else (llm.eos_id or 0)
-    ids, mask = _left_pad(prompts, pad)
+    ids, mask = left_pad(prompts, llm.pad_id)
     ids, mask = ids.to(dev), mask.to(dev)
     width = ids.shape[1]
     y = torch.tensor(drafts, dtype=torch.long, device=dev)
@@ -96,7 +85,7 @@ def refine_ids(llm: FrozenLLM, prompts: list[list[int]], drafts: list[list[int]]
     with the pad token and cut back afterwards: causal attention keeps a shorter draft unaffected)."""
     if passes <= 0:
         return [list(d) for d in drafts]
-    pad = llm.tokenizer.pad_token_id if llm.tokenizer.pad_token_id is not None else (llm.eos_id or 0)
+    pad = llm.pad_id
     out: list[list[int]] = []
     for lo in range(0, len(drafts), batch_size):
         chunk = [list(d) or [pad] for d in drafts[lo:lo + batch_size]]

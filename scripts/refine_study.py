@@ -48,7 +48,7 @@ def main() -> None:
     enc = Encoder.from_pretrained(a.checkpoint, llm=llm)
     train, held, _ = checkpoint_splits(enc.meta, llm)
     held = held.take(list(range(min(a.limit, len(held)))))
-    pad = llm.tokenizer.pad_token_id if llm.tokenizer.pad_token_id is not None else llm.eos_id
+    pad = llm.pad_id
     n = a.n
 
     def fit(rows):  # every draft exactly n tokens
