@@ -284,10 +284,11 @@ ANALYSES = {  # name: (its config, whether it reads a corpus, table title, table
                                                      "mean_to_prefix"]),
     "semantics": (C.SemanticsConfig, False, lambda r: f"STS-B Spearman with human scores ({r['pairs']} pairs)",
                   ["variant", "sts_e", "sts_m", "sts_em", "sts_teacher", "agree_e", "mean_acc"]),
-    "capacity": (C.CapacityConfig, False, lambda r: f"capacity (largest N per text: {r['largest_n_per_text']})",
-                 ["text", "n", "accuracy", "steps", "seconds"]),
+    "capacity": (C.CapacityConfig, False, lambda r: "capacity (largest N per text: " + ", ".join(
+        f"{k.removeprefix('largest_n_per_text').strip('_') or 'per-text'} m {v}" for k, v in r.items()
+        if k.startswith("largest_n_per_text")) + ")", ["mode", "text", "n", "accuracy", "steps", "seconds"]),
     "connectivity": (C.ConnectivityConfig, False, lambda r: "connectivity",
-                     ["n_tokens", "acc_a", "acc_b", "cos_e_ab", "line_min_acc", "curve_min_acc"]),
+                     ["n_tokens", "acc_a", "acc_b", "cos_e_ab", "line_min_acc", "curve_min_acc", "curve_steps"]),
 }
 
 

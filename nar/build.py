@@ -81,8 +81,8 @@ def _build(bcfg: BuildConfig, fcfg: FitConfig, rows, rstats, llm: FrozenLLM, tea
         todo.append((r, ids, target))
 
     T = teacher.encode([t for _, _, t in todo]) if todo else torch.zeros(0, teacher.dim)
-    init_e, bank, reg = corpus_frame(out, llm, teacher, fcfg, bcfg)
-    items = [FitItem(key=r.id, ids=ids, init_e=init_e(t), payload={"source": r.source, "target": target, "teacher": t})
+    frame = corpus_frame(out, llm, teacher, fcfg, bcfg)
+    items = [FitItem(key=r.id, ids=ids, init_e=frame.init_e(t), payload={"source": r.source, "target": target, "teacher": t})
              for (r, ids, target), t in zip(todo, T)]
     _warm_start(items, bcfg, fcfg, llm, T, [r.source or t for (r, _, t) in todo])
     writer = corpus_store.ShardWriter(out, llm.hidden_size, teacher.dim, rank=bcfg.rank)
@@ -94,11 +94,12 @@ def _build(bcfg: BuildConfig, fcfg: FitConfig, rows, rstats, llm: FrozenLLM, tea
     t_fit = time.perf_counter()
     try:
         with FitProgress(len(items), "build-corpus", enabled=show_progress, writer=tb) as prog:
-            for res in fit_stream(llm, items, fcfg, extra_loss=reg, on_step=prog.on_step):
+            for res in fit_stream(llm, items, fcfg, extra_loss=frame.loss, pin_e=frame.pin,
+                                  on_step=prog.on_step):
                 writer.write([corpus_store.result_row(res, bcfg.rank)])  # durable before the slot is reused
                 faults.point("fit.written")
                 if not res.failed:
-                    bank.add(proto_space(res.e[None], res.m[None], bcfg.rd_target)[0], res.payload["teacher"])
+                    frame.bank.add(proto_space(res.e[None], res.m[None], bcfg.rd_target)[0], res.payload["teacher"])
                 res.e = res.m = None  # keep only the figures in memory
                 results.append(res)
                 prog.on_result(res)

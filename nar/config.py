@@ -160,6 +160,10 @@ class BuildConfig(StageConfig):
     """Also relate each batch to the last K finished texts (a memory bank; 0 = batch-level RD only)."""
     anchor_weight: float = 0.0
     """Weight of the anchor loss (a fixed projection of e pulled towards the teacher embedding)."""
+    frame_pin: float = 0.0
+    """> 0: a hard frame: e's component in the teacher subspace is held at the projected teacher embedding,
+    scaled to this many token norms, for the whole fit; only the rest of e and m are fitted (`nar.losses.FramePin`).
+    0: the frame is e's start (FitConfig.init 'teacher') and the RD/anchor losses only."""
     projection_seed: int = 0
     """Seed of the fixed teacher<->proto-token projection (teacher init and anchor loss)."""
     warm_start: str = "none"
@@ -184,6 +188,7 @@ class BuildConfig(StageConfig):
     def __post_init__(self) -> None:
         _check(self.on_long in ("skip", "truncate"), "on_long must be 'skip' or 'truncate'")
         _check(self.rd_weight >= 0 and self.anchor_weight >= 0, "loss weights must be >= 0")
+        _check(self.frame_pin >= 0, "frame_pin must be >= 0")
         _check(self.rd_target in ("e", "m", "em"), "rd_target must be 'e', 'm' or 'em'")
         _check(self.rd_bank >= 0, "rd_bank must be >= 0")
         _check(self.warm_start in ("none", "neighbour", "encoder"),
@@ -444,10 +449,14 @@ class CapacityConfig(StageConfig):
     """Accuracy that counts as reconstructed."""
     precision: str = "bf16"
     """'bf16' autocast or 'fp32'."""
+    m: str = "per-text"
+    """'per-text' (each (text, N) its own e and m), 'shared' (for each N one m for all texts, Paper A's second
+    table) or 'both'."""
 
     def __post_init__(self) -> None:
         _check(self.texts >= 1 and len(self.ns) >= 1 and min(self.ns) >= 1, "texts and every N must be >= 1")
         _check(0 < self.threshold <= 1, "threshold must be in (0, 1]")
+        _check(self.m in ("per-text", "shared", "both"), "m must be 'per-text', 'shared' or 'both'")
 
     def fit_config(self) -> FitConfig:
         return FitConfig(max_steps=self.max_steps, target_acc=self.threshold, precision=self.precision,
@@ -465,7 +474,7 @@ class ConnectivityConfig(StageConfig):
     max_steps: int = 400
     """Steps per solution."""
     curve_steps: int = 150
-    """Steps training the Bezier control point."""
+    """Most steps training the Bezier control point (it stops early once the whole curve is exact)."""
     grid: int = 11
     """Points along each path."""
 

@@ -86,6 +86,9 @@ class StepStats:
 
 ExtraLoss = Callable[[torch.Tensor, torch.Tensor, list[FitItem]], dict[str, torch.Tensor]]
 """(E (B, D), M (B, D), items of the B active slots) -> named scalar losses, already weighted."""
+PinE = Callable[[torch.Tensor, list[FitItem]], torch.Tensor]
+"""(E (B, D), items) -> E projected onto the allowed set (e.g. `nar.losses.FramePin`); applied to each text's
+starting e and after every update."""
 
 
 def init_vector(key: str, seed: int, dim: int, scale: float) -> torch.Tensor:
@@ -133,9 +136,10 @@ class _Slot:
 
 
 def fit_stream(llm: FrozenLLM, items: Iterable[FitItem], cfg: FitConfig, *,
-               extra_loss: ExtraLoss | None = None,
+               extra_loss: ExtraLoss | None = None, pin_e: PinE | None = None,
                on_step: Callable[[StepStats], None] | None = None) -> Iterator[FitResult]:
-    """Fit every item; yield each result as soon as its slot finishes (not in input order)."""
+    """Fit every item; yield each result as soon as its slot finishes (not in input order). With pin_e, e is
+    projected by it at the start and after every update (a constraint rather than a loss)."""
     layout = make_layout(llm, cfg)
     dev, dim = llm.device, llm.hidden_size
     n_slots = cfg.num_slots
@@ -156,6 +160,8 @@ def fit_stream(llm: FrozenLLM, items: Iterable[FitItem], cfg: FitConfig, *,
             slots[i] = None
             return False
         e0, m0 = initial_vectors(llm, item, cfg)
+        if pin_e is not None:
+            e0 = pin_e(e0[None].to(dev), [item])[0]
         with torch.no_grad():
             e_params[i].copy_(e0)
             m_params[i].copy_(m0)
@@ -217,6 +223,12 @@ def fit_stream(llm: FrozenLLM, items: Iterable[FitItem], cfg: FitConfig, *,
                 for i in act:
                     opt.param_groups[i]["lr"] = lr_at(cfg, slots[i].steps)
                 opt.step()
+                moved = [i for i in act if i not in finished]
+                if pin_e is not None and moved:
+                    with torch.no_grad():
+                        pinned = pin_e(torch.stack([e_params[i] for i in moved]), [slots[i].item for i in moved])
+                        for i, e in zip(moved, pinned):
+                            e_params[i].copy_(e)
             else:  # a cross-text term blew up: no single text is to blame, so skip this update
                 log.warning("non-finite extra loss at step %d (%s); update skipped", step, list(extras))
             for i in act:

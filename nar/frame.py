@@ -3,7 +3,7 @@ texts fitted later.
 
 - the corpus's frozen LLM and layout (`corpus_llm`, checked against the manifest's fingerprint);
 - the fixed teacher -> proto-token projection Q (`nar.losses.teacher_projection`): the teacher-aligned
-  init of e and the anchor loss;
+  init of e, the anchor loss and the frame pin;
 - the memory bank of relational distillation, seeded from the rows already written, so a resumed run and
   a later query relate to the same texts as the first run (`corpus_frame`);
 - where a new text starts: at its nearest corpus row (`neighbour_init`) or at an encoder's prediction
@@ -14,6 +14,7 @@ texts fitted later.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,7 +26,7 @@ from nar.config import BuildConfig, FitConfig
 from nar.errors import NarError
 from nar.fit import FitItem, FitResult, fit_stream, make_layout, prepare_ids
 from nar.llm import FrozenLLM, Layout, load_llm
-from nar.losses import MemoryBank, TeacherRegulariser, teacher_projection
+from nar.losses import FramePin, MemoryBank, TeacherRegulariser, teacher_projection
 from nar.space import proto_space
 from nar.teacher import Teacher, load_teacher
 
@@ -54,11 +55,23 @@ def seed_bank(path: str | Path, bank: MemoryBank, rd_target: str) -> None:
         bank.add(p, tv)
 
 
-def corpus_frame(out: str | Path, llm: FrozenLLM, teacher: Teacher, fcfg: FitConfig, bcfg: BuildConfig
-                 ) -> tuple[Callable[[torch.Tensor], torch.Tensor | None], MemoryBank, TeacherRegulariser | None]:
-    """The corpus's one frame: (init_e(teacher_vec) -> (D,) or None, memory bank, extra loss or None)."""
+@dataclass
+class Frame:
+    """What `fit_stream` needs to fit a text in a corpus's frame."""
+
+    init_e: Callable[[torch.Tensor], torch.Tensor | None]
+    """teacher vector (Dt,) -> e's start (D,), or None for FitConfig.init's own."""
+    bank: MemoryBank
+    loss: TeacherRegulariser | None
+    """RD and anchor losses (fit_stream's extra_loss), or None."""
+    pin: FramePin | None
+    """The hard frame of e (fit_stream's pin_e), or None."""
+
+
+def corpus_frame(out: str | Path, llm: FrozenLLM, teacher: Teacher, fcfg: FitConfig, bcfg: BuildConfig) -> Frame:
+    """The corpus's one frame (the same for a first run, a resumed run and a later query)."""
     Q = None
-    if fcfg.init == "teacher" or bcfg.anchor_weight > 0:
+    if fcfg.init == "teacher" or bcfg.anchor_weight > 0 or bcfg.frame_pin > 0:
         Q = teacher_projection(teacher.dim, llm.hidden_size, bcfg.projection_seed)
 
     def init_e(t: torch.Tensor) -> torch.Tensor | None:
@@ -69,7 +82,8 @@ def corpus_frame(out: str | Path, llm: FrozenLLM, teacher: Teacher, fcfg: FitCon
     reg = None
     if bcfg.rd_weight > 0 or bcfg.anchor_weight > 0:
         reg = TeacherRegulariser(bcfg.rd_weight, bcfg.anchor_weight, bcfg.rd_target, Q, bank)
-    return init_e, bank, reg
+    pin = FramePin(Q, bcfg.frame_pin * llm.embed_norm) if bcfg.frame_pin > 0 else None
+    return Frame(init_e, bank, reg, pin)
 
 
 def neighbour_init(out: str | Path, T: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -118,9 +132,9 @@ def fit_in_corpus_frame(path: str | Path, texts: list[str], *, llm: FrozenLLM | 
     llm, _, _ = corpus_llm(path, llm, bcfg.device)
     teacher = teacher or load_teacher(bcfg.teacher)
     check_teacher(man, teacher, str(path))
-    init_e, _, reg = corpus_frame(path, llm, teacher, fcfg, bcfg)
-    items = [FitItem(key=str(i), ids=prepare_ids(llm, text, fcfg), init_key=text, init_e=init_e(t),
+    frame = corpus_frame(path, llm, teacher, fcfg, bcfg)
+    items = [FitItem(key=str(i), ids=prepare_ids(llm, text, fcfg), init_key=text, init_e=frame.init_e(t),
                      payload={"source": text, "target": text, "teacher": t})
              for i, (text, t) in enumerate(zip(texts, teacher.encode(texts)))]
-    by_key = {r.key: r for r in fit_stream(llm, items, fcfg, extra_loss=reg)}
+    by_key = {r.key: r for r in fit_stream(llm, items, fcfg, extra_loss=frame.loss, pin_e=frame.pin)}
     return [by_key[str(i)] for i in range(len(texts))]

@@ -5,7 +5,9 @@
 - relational distillation (RD): the cosine-similarity matrix of the proto-tokens is pulled towards the
   teacher's matrix for the same texts (only relations, never positions), optionally against a bank of
   already-finished texts so every batch is measured in one frame;
-- anchor loss: a fixed projection of the proto-token is pulled towards the teacher embedding itself.
+- anchor loss: a fixed projection of the proto-token is pulled towards the teacher embedding itself;
+- frame pin (a constraint, not a loss): e's component in the teacher subspace is held at the projected
+  teacher embedding for the whole fit, and only the rest of e (and m) is optimised.
 """
 
 from __future__ import annotations
@@ -113,6 +115,29 @@ def teacher_projection(teacher_dim: int, dim: int, seed: int = 0) -> torch.Tenso
 def anchor_loss(P: torch.Tensor, T: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
     """Mean (1 - cos(P Q^T, T)). P: (B, D); T: (B, Dt); Q: (Dt, D) from `teacher_projection`."""
     return (1 - F.cosine_similarity(P.float() @ Q.to(P.device).T, T.to(P.device).float(), dim=-1)).mean()
+
+
+class FramePin:
+    """A hard teacher frame for e (`fit_stream`'s pin_e): e's component in the row space of Q is set to
+    scale * (t Q) for the text's unit teacher vector t, the rest of e is kept. Applied to e at the start of a
+    fit and after every update (projected AdamW), so the optimiser moves only e's complement and m.
+
+    With Q's rows orthonormal, e_a . e_b = scale^2 cos_teacher(a, b) + (complement dot product): e keeps the
+    teacher's cosines as long as the fitted complement stays small beside the pinned part."""
+
+    def __init__(self, Q: torch.Tensor, scale: float):
+        if Q.shape[0] >= Q.shape[1]:
+            raise NarError(f"a frame pin needs a teacher narrower than the LLM (teacher {Q.shape[0]} dims, "
+                           f"LLM {Q.shape[1]}): it would leave no free coordinate of e")
+        if scale <= 0:
+            raise NarError("the frame pin's scale must be > 0")
+        self.Q, self.scale = Q, scale
+
+    def __call__(self, E: torch.Tensor, items) -> torch.Tensor:
+        """E (B, D) -> E with its teacher-subspace component replaced; items carry payload["teacher"]."""
+        Q = self.Q.to(E.device, E.dtype)
+        T = torch.stack([F.normalize(it.payload["teacher"].float(), dim=0) for it in items]).to(E.device, E.dtype)
+        return E - (E @ Q.T) @ Q + self.scale * (T @ Q)
 
 
 class MemoryBank:

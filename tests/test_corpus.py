@@ -260,3 +260,32 @@ def test_text_failing_at_its_first_step_is_stored_as_failed(tiny_llm, teacher, t
     from nar.index import corpus_vectors
 
     assert "t0" not in corpus_vectors(out, "e")[0] and corpus.info(out)["failed"] == 1
+
+
+def test_frame_pin_holds_e_in_the_teacher_subspace(tiny_llm):
+    """A pinned fit keeps e's teacher-subspace component at scale * t Q for the whole fit and still converges;
+    so e's cosines between texts follow the teacher's as far as the fitted complement is small."""
+    from nar.fit import FitItem, fit_stream
+    from nar.losses import FramePin
+
+    texts = TINY_CORPUS[:4]
+    D = tiny_llm.hidden_size
+    Q = teacher_projection(16, D)
+    T = torch.nn.functional.normalize(torch.randn(len(texts), 16, generator=torch.Generator().manual_seed(0)), dim=-1)
+    pin = FramePin(Q, scale=2 * tiny_llm.embed_norm)
+    items = [FitItem(key=str(i), ids=tiny_llm.encode(t), payload={"teacher": T[i]}) for i, t in enumerate(texts)]
+    res = {r.key: r for r in fit_stream(tiny_llm, items, FitConfig(**FIT), pin_e=pin)}
+    E = torch.stack([res[str(i)].e for i in range(len(texts))])
+    assert all(r.converged for r in res.values())
+    assert torch.allclose(E @ Q.T, pin.scale * T, atol=1e-4)  # the pinned part never moved
+    free = E - (E @ Q.T) @ Q
+    assert free.norm(dim=1).min() > 1e-3  # ... while the rest of e was fitted
+    with pytest.raises(NarError, match="narrower than the LLM"):
+        FramePin(teacher_projection(D + 8, D), 1.0)
+
+
+def test_build_with_frame_pin_refuses_a_teacher_wider_than_the_llm(tiny_llm, teacher, tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": TINY_CORPUS[0]}])
+    with pytest.raises(NarError, match="narrower than the LLM"):
+        build_corpus(BuildConfig(input=str(src), out=str(tmp_path / "c"), frame_pin=1.0), FitConfig(**FIT),
+                     llm=tiny_llm, teacher=teacher, show_progress=False)

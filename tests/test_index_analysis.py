@@ -155,10 +155,18 @@ def test_capacity_and_connectivity(tiny_llm, tmp_path):
     from nar.analysis.connectivity import run_connectivity
 
     cfg = FitConfig(**FIT)
-    res = run_capacity(tmp_path / "cap", CapacityConfig(ns=(2, 4, 8)), llm=tiny_llm, fit=cfg,
-                       texts=["the cat sat on the mat and the dog ran in the park"])
-    assert [r["n"] for r in res["rows"]] == [2, 4, 8] and res["largest_n_per_text"][0] >= 2
+    texts = ["the cat sat on the mat and the dog ran in the park", "a bird sang on the roof of the old red barn"]
+    fitted = []
+    res = run_capacity(tmp_path / "cap", CapacityConfig(ns=(2, 4, 8), m="both"), llm=tiny_llm, fit=cfg,
+                       texts=texts, on_result=fitted.append)
+    assert [(r["mode"], r["n"]) for r in res["rows"] if r["text"] == 0] == [
+        ("per-text", 2), ("per-text", 4), ("per-text", 8), ("shared", 2), ("shared", 4), ("shared", 8)]
+    assert res["largest_n_per_text"][0] >= 2 and set(res["largest_n_per_text_shared"]) == {0, 1}
+    assert len(fitted) == 12 and res["resumed_rows"] == 0
     assert (tmp_path / "cap" / "capacity.png").is_file()
+    again = run_capacity(tmp_path / "cap", CapacityConfig(ns=(2, 4, 8), m="both"), llm=tiny_llm, fit=cfg,
+                         texts=texts, on_result=fitted.append)  # resumed: nothing is fitted twice
+    assert len(fitted) == 12 and again["resumed_rows"] == 12 and again["rows"] == res["rows"]
     res = run_connectivity(tmp_path / "con", ConnectivityConfig(curve_steps=30, grid=5), llm=tiny_llm, fit=cfg,
                            texts=["the cat sat on the mat"])
     r = res["rows"][0]

@@ -3,7 +3,9 @@ fails, a quadratic Bezier curve with a trained control point connects them.)
 
 theta = (e, m). Line: theta(t) = (1-t) theta_a + t theta_b.
 Curve: theta(t) = (1-t)^2 theta_a + 2 t (1-t) c + t^2 theta_b, with c trained (AdamW) to minimise the
-mean reconstruction cross-entropy at random t in [0, 1], starting at the midpoint of the line.
+mean reconstruction cross-entropy at random t in [0, 1], starting at the midpoint of the line, until every
+grid point of the curve decodes the text exactly (checked every `check_every` steps) or the step budget ends.
+Accuracies along both paths are those of the default decoding (fp32).
 """
 
 from __future__ import annotations
@@ -29,26 +31,33 @@ def bezier(a: torch.Tensor, c: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -
 
 
 def train_control_point(llm: FrozenLLM, ids: list[int], a: tuple, b: tuple, layout: Layout, *, steps: int = 200,
-                        lr: float = 1e-2, samples: int = 8, precision: str = "bf16", seed: int = 0) -> tuple:
-    """The control point (c_e, c_m) of a Bezier curve joining solutions a=(e, m) and b=(e, m)."""
+                        lr: float = 1e-2, samples: int = 8, precision: str = "bf16", seed: int = 0,
+                        grid: int = 11, check_every: int = 50) -> tuple:
+    """The control point (c_e, c_m) of a Bezier curve joining solutions a=(e, m) and b=(e, m), and the steps
+    trained: stops early once all `grid` points of the curve reconstruct the text (fp32)."""
     g = torch.Generator().manual_seed(seed)
     dev = llm.device
     ce_p = ((a[0] + b[0]) / 2).clone().to(dev).requires_grad_(True)
     cm_p = ((a[1] + b[1]) / 2).clone().to(dev).requires_grad_(True)
     opt = torch.optim.AdamW([ce_p, cm_p], lr=lr, betas=(0.9, 0.9), weight_decay=0.0)
     ae, am, be, bm = (x.to(dev) for x in (*a, *b))
-    for _ in range(steps):
+    ts = torch.linspace(0, 1, grid).to(dev)
+    step = 0
+    for step in range(1, steps + 1):
         t = torch.rand(samples, generator=g).to(dev)
         E, M = bezier(ae, ce_p, be, t), bezier(am, cm_p, bm, t)
         loss = reconstruction_loss(llm, E, M, [ids] * samples, layout, precision).ce.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return ce_p.detach().cpu(), cm_p.detach().cpu()
+        if step % check_every == 0 and min(path_accuracy(llm, ids, bezier(ae, ce_p.detach(), be, ts),
+                                                         bezier(am, cm_p.detach(), bm, ts), layout)) >= 1.0:
+            break
+    return ce_p.detach().cpu(), cm_p.detach().cpu(), step
 
 
 def path_accuracy(llm: FrozenLLM, ids: list[int], E: torch.Tensor, M: torch.Tensor, layout: Layout,
-                  precision: str) -> list[float]:
+                  precision: str = "fp32") -> list[float]:
     pred = decode_ids(llm, E, M, [len(ids)] * E.shape[0], layout, precision=precision)
     return [token_accuracy(p, ids) for p in pred]
 
@@ -66,15 +75,16 @@ def connectivity(llm: FrozenLLM, texts: list[str], cfg: FitConfig, layout: Layou
         ids = ra.token_ids
         line_e = (1 - ts)[:, None] * ra.e + ts[:, None] * rb.e
         line_m = (1 - ts)[:, None] * ra.m + ts[:, None] * rb.m
-        line = path_accuracy(llm, ids, line_e, line_m, layout, cfg.precision)
-        c_e, c_m = train_control_point(llm, ids, (ra.e, ra.m), (rb.e, rb.m), layout, steps=curve_steps,
-                                       precision=cfg.precision)
-        curve = path_accuracy(llm, ids, bezier(ra.e, c_e, rb.e, ts), bezier(ra.m, c_m, rb.m, ts), layout,
-                              cfg.precision)
+        line = path_accuracy(llm, ids, line_e, line_m, layout)
+        c_e, c_m, used = train_control_point(llm, ids, (ra.e, ra.m), (rb.e, rb.m), layout, steps=curve_steps,
+                                             precision=cfg.precision, grid=grid)
+        curve = path_accuracy(llm, ids, bezier(ra.e, c_e, rb.e, ts), bezier(ra.m, c_m, rb.m, ts), layout)
         rows.append({"text": text, "n_tokens": len(ids), "acc_a": ra.accuracy, "acc_b": rb.accuracy,
                      "cos_e_ab": float(F.cosine_similarity(ra.e, rb.e, dim=0)),
                      "cos_m_ab": float(F.cosine_similarity(ra.m, rb.m, dim=0)),
-                     "line_min_acc": min(line), "curve_min_acc": min(curve), "line": line, "curve": curve})
+                     "line_min_acc": min(line), "curve_min_acc": min(curve), "curve_steps": used,
+                     "connected": min(curve) >= 1.0 and min(ra.accuracy, rb.accuracy) >= 1.0,
+                     "line": line, "curve": curve})
     return rows
 
 
@@ -106,7 +116,8 @@ def run_connectivity(out_dir: str | Path, cfg: ConnectivityConfig = Connectivity
     plot_paths(rows, out / "connectivity.png")
     summary = {"texts": len(rows), "llm": llm.fingerprint, "config": cfg.to_dict(), "fit_config": fit.to_dict(),
                "mean_line_min_acc": float(np.mean([r["line_min_acc"] for r in rows])),
-               "mean_curve_min_acc": float(np.mean([r["curve_min_acc"] for r in rows]))}
+               "mean_curve_min_acc": float(np.mean([r["curve_min_acc"] for r in rows])),
+               "connected": sum(r["connected"] for r in rows)}
     flat = [{k: v for k, v in r.items() if k not in ("line", "curve")} for r in rows]
     files = write_report(out, "connectivity", {**summary, "paths": rows}, flat)
     return {**summary, "rows": flat, "files": {**files, "png": str(out / "connectivity.png")}}

@@ -51,6 +51,16 @@ def pairs_spearman(cols: dict, pairs_ids: list[tuple[str, str]], scores: list[fl
     return {name: spearman(pair_cosines(v[ia], v[ib]), scores) for name, v in spaces(cols).items()}
 
 
+def frame_share(E: torch.Tensor, teacher_dim: int, projection_seed: int = 0) -> float:
+    """Mean share of e's squared norm inside the teacher subspace of the corpus frame (Q's rows); a random
+    vector has teacher_dim / D there, a pinned e all but its fitted complement."""
+    from nar.losses import teacher_projection
+
+    Q = teacher_projection(teacher_dim, E.shape[1], projection_seed)
+    ok = torch.isfinite(E).all(1)
+    return float(((E[ok] @ Q.T).pow(2).sum(1) / E[ok].pow(2).sum(1)).mean())
+
+
 # ----------------------------------------------------------------------------------------------
 # Experiments (used by `nar analyze semantics` and scripts/sts_frames.py)
 
@@ -61,6 +71,9 @@ STS_VARIANTS = {
     "teacher": ("teacher init, no RD", dict(rd_weight=0.0), dict(init="teacher")),
     "teacher_batch": ("teacher init + batch RD", dict(rd_weight=1.0, rd_bank=0), dict(init="teacher")),
     "teacher_bank": ("teacher init + bank RD (default)", dict(rd_weight=1.0, rd_bank=256), dict(init="teacher")),
+    "pin1": ("frame pin 1 token norm + bank RD", dict(rd_weight=1.0, rd_bank=256, frame_pin=1.0), dict(init="teacher")),
+    "pin2": ("frame pin 2 token norms + bank RD", dict(rd_weight=1.0, rd_bank=256, frame_pin=2.0), dict(init="teacher")),
+    "pin2_nord": ("frame pin 2 token norms, no RD", dict(rd_weight=0.0, frame_pin=2.0), dict(init="teacher")),
 }
 
 
@@ -98,6 +111,7 @@ def sts_experiment(out_dir: str | Path, *, llm, teacher, pairs: int = 100, max_s
                **{f"sts_{k}": round(v, 3) for k, v in pairs_spearman(cols, ids, scores).items()},
                **{f"agree_{k}": round(v, 3)
                   for k, v in teacher_agreement(cols["e"], cols["m"], cols["teacher"]).items()},
+               "e_frame_share": round(frame_share(cols["e"], teacher.dim), 3),
                "mean_acc": round(float(cols["accuracy"].mean()), 3), "converged": int(cols["converged"].sum()),
                "texts": len(cols["id"]), "fitted_now": s["fitted"], "corpus": str(cdir)}
         results.append(row)
