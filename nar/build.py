@@ -82,7 +82,8 @@ def _build(bcfg: BuildConfig, fcfg: FitConfig, rows, rstats, llm: FrozenLLM, tea
 
     T = teacher.encode([t for _, _, t in todo]) if todo else torch.zeros(0, teacher.dim)
     frame = corpus_frame(out, llm, teacher, fcfg, bcfg)
-    items = [FitItem(key=r.id, ids=ids, init_e=frame.init_e(t), payload={"source": r.source, "target": target, "teacher": t})
+    items = [FitItem(key=r.id, ids=ids, init_e=frame.init_e(t),
+                     payload={"source": r.source, "target": target, "teacher": t})
              for (r, ids, target), t in zip(todo, T)]
     _warm_start(items, bcfg, fcfg, llm, T, [r.source or t for (r, _, t) in todo])
     writer = corpus_store.ShardWriter(out, llm.hidden_size, teacher.dim, rank=bcfg.rank)

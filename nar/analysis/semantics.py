@@ -71,8 +71,10 @@ STS_VARIANTS = {
     "teacher": ("teacher init, no RD", dict(rd_weight=0.0), dict(init="teacher")),
     "teacher_batch": ("teacher init + batch RD", dict(rd_weight=1.0, rd_bank=0), dict(init="teacher")),
     "teacher_bank": ("teacher init + bank RD (default)", dict(rd_weight=1.0, rd_bank=256), dict(init="teacher")),
-    "pin1": ("frame pin 1 token norm + bank RD", dict(rd_weight=1.0, rd_bank=256, frame_pin=1.0), dict(init="teacher")),
-    "pin2": ("frame pin 2 token norms + bank RD", dict(rd_weight=1.0, rd_bank=256, frame_pin=2.0), dict(init="teacher")),
+    "pin1": ("frame pin 1 token norm + bank RD", dict(rd_weight=1.0, rd_bank=256, frame_pin=1.0),
+             dict(init="teacher")),
+    "pin2": ("frame pin 2 token norms + bank RD", dict(rd_weight=1.0, rd_bank=256, frame_pin=2.0),
+             dict(init="teacher")),
     "pin2_nord": ("frame pin 2 token norms, no RD", dict(rd_weight=0.0, frame_pin=2.0), dict(init="teacher")),
 }
 
