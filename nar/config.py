@@ -164,6 +164,9 @@ class BuildConfig(StageConfig):
     """> 0: a hard frame: e's component in the teacher subspace is held at the projected teacher embedding,
     scaled to this many token norms, for the whole fit; only the rest of e and m are fitted (`nar.losses.FramePin`).
     0: the frame is e's start (FitConfig.init 'teacher') and the RD/anchor losses only."""
+    frame_dims: int = 0
+    """With frame_pin: how many coordinates of e are pinned: 0 = all of the teacher's (384 for MiniLM), k = a fixed
+    random k-dim sketch of the teacher vector (cosines kept approximately), leaving more of e free."""
     projection_seed: int = 0
     """Seed of the fixed teacher<->proto-token projection (teacher init and anchor loss)."""
     warm_start: str = "none"
@@ -188,7 +191,7 @@ class BuildConfig(StageConfig):
     def __post_init__(self) -> None:
         _check(self.on_long in ("skip", "truncate"), "on_long must be 'skip' or 'truncate'")
         _check(self.rd_weight >= 0 and self.anchor_weight >= 0, "loss weights must be >= 0")
-        _check(self.frame_pin >= 0, "frame_pin must be >= 0")
+        _check(self.frame_pin >= 0 and self.frame_dims >= 0, "frame_pin and frame_dims must be >= 0")
         _check(self.rd_target in ("e", "m", "em"), "rd_target must be 'e', 'm' or 'em'")
         _check(self.rd_bank >= 0, "rd_bank must be >= 0")
         _check(self.warm_start in ("none", "neighbour", "encoder"),

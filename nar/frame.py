@@ -26,7 +26,7 @@ from nar.config import BuildConfig, FitConfig
 from nar.errors import NarError
 from nar.fit import FitItem, FitResult, fit_stream, make_layout, prepare_ids
 from nar.llm import FrozenLLM, Layout, load_llm
-from nar.losses import FramePin, MemoryBank, TeacherRegulariser, teacher_projection
+from nar.losses import FramePin, MemoryBank, TeacherRegulariser, frame_pin, teacher_projection
 from nar.space import proto_space
 from nar.teacher import Teacher, load_teacher
 
@@ -71,7 +71,7 @@ class Frame:
 def corpus_frame(out: str | Path, llm: FrozenLLM, teacher: Teacher, fcfg: FitConfig, bcfg: BuildConfig) -> Frame:
     """The corpus's one frame (the same for a first run, a resumed run and a later query)."""
     Q = None
-    if fcfg.init == "teacher" or bcfg.anchor_weight > 0 or bcfg.frame_pin > 0:
+    if fcfg.init == "teacher" or bcfg.anchor_weight > 0:
         Q = teacher_projection(teacher.dim, llm.hidden_size, bcfg.projection_seed)
 
     def init_e(t: torch.Tensor) -> torch.Tensor | None:
@@ -82,7 +82,10 @@ def corpus_frame(out: str | Path, llm: FrozenLLM, teacher: Teacher, fcfg: FitCon
     reg = None
     if bcfg.rd_weight > 0 or bcfg.anchor_weight > 0:
         reg = TeacherRegulariser(bcfg.rd_weight, bcfg.anchor_weight, bcfg.rd_target, Q, bank)
-    pin = FramePin(Q, bcfg.frame_pin * llm.embed_norm) if bcfg.frame_pin > 0 else None
+    pin = None
+    if bcfg.frame_pin > 0:
+        pin = frame_pin(teacher.dim, llm.hidden_size, bcfg.frame_pin * llm.embed_norm, bcfg.frame_dims,
+                        bcfg.projection_seed)
     return Frame(init_e, bank, reg, pin)
 
 

@@ -119,25 +119,43 @@ def anchor_loss(P: torch.Tensor, T: torch.Tensor, Q: torch.Tensor) -> torch.Tens
 
 class FramePin:
     """A hard teacher frame for e (`fit_stream`'s pin_e): e's component in the row space of Q is set to
-    scale * (t Q) for the text's unit teacher vector t, the rest of e is kept. Applied to e at the start of a
-    fit and after every update (projected AdamW), so the optimiser moves only e's complement and m.
+    scale * (u Q), u the text's unit teacher vector (or its unit sketch u = t S / |t S| through a fixed
+    (Dt, k) matrix S with orthonormal columns, when only k < Dt coordinates are pinned); the rest of e is kept.
+    Applied to e at the start of a fit and after every update (projected AdamW), so the optimiser moves only
+    e's complement and m.
 
-    With Q's rows orthonormal, e_a . e_b = scale^2 cos_teacher(a, b) + (complement dot product): e keeps the
-    teacher's cosines as long as the fitted complement stays small beside the pinned part."""
+    With Q's rows orthonormal, e_a . e_b = scale^2 cos(u_a, u_b) + (complement dot product): e keeps the
+    teacher's cosines (exactly, or as a random sketch keeps them) as long as the fitted complement stays small
+    beside the pinned part."""
 
-    def __init__(self, Q: torch.Tensor, scale: float):
+    def __init__(self, Q: torch.Tensor, scale: float, sketch: torch.Tensor | None = None):
         if Q.shape[0] >= Q.shape[1]:
             raise NarError(f"a frame pin needs a teacher narrower than the LLM (teacher {Q.shape[0]} dims, "
                            f"LLM {Q.shape[1]}): it would leave no free coordinate of e")
         if scale <= 0:
             raise NarError("the frame pin's scale must be > 0")
-        self.Q, self.scale = Q, scale
+        if sketch is not None and sketch.shape[1] != Q.shape[0]:
+            raise NarError(f"sketch maps to {sketch.shape[1]} dims, the pinned subspace has {Q.shape[0]}")
+        self.Q, self.scale, self.sketch = Q, scale, sketch
+
+    def target(self, T: torch.Tensor) -> torch.Tensor:
+        """The pinned component of e for teacher vectors T (B, Dt): (B, D)."""
+        U = T.float() if self.sketch is None else T.float() @ self.sketch.to(T.device)
+        return self.scale * (F.normalize(U, dim=-1) @ self.Q.to(T.device))
 
     def __call__(self, E: torch.Tensor, items) -> torch.Tensor:
-        """E (B, D) -> E with its teacher-subspace component replaced; items carry payload["teacher"]."""
+        """E (B, D) -> E with its pinned-subspace component replaced; items carry payload["teacher"]."""
         Q = self.Q.to(E.device, E.dtype)
-        T = torch.stack([F.normalize(it.payload["teacher"].float(), dim=0) for it in items]).to(E.device, E.dtype)
-        return E - (E @ Q.T) @ Q + self.scale * (T @ Q)
+        T = torch.stack([it.payload["teacher"] for it in items]).to(E.device)
+        return E - (E @ Q.T) @ Q + self.target(T).to(E.dtype)
+
+
+def frame_pin(teacher_dim: int, dim: int, scale: float, dims: int = 0, seed: int = 0) -> FramePin:
+    """The corpus's frame pin: all teacher coordinates (dims 0 or >= teacher_dim) through the corpus's projection
+    `teacher_projection(teacher_dim, dim, seed)`, or a fixed random `dims`-dim sketch of them."""
+    if dims <= 0 or dims >= teacher_dim:
+        return FramePin(teacher_projection(teacher_dim, dim, seed), scale)
+    return FramePin(teacher_projection(dims, dim, seed), scale, sketch=teacher_projection(teacher_dim, dims, seed + 1))
 
 
 class MemoryBank:

@@ -266,7 +266,7 @@ def test_frame_pin_holds_e_in_the_teacher_subspace(tiny_llm):
     """A pinned fit keeps e's teacher-subspace component at scale * t Q for the whole fit and still converges;
     so e's cosines between texts follow the teacher's as far as the fitted complement is small."""
     from nar.fit import FitItem, fit_stream
-    from nar.losses import FramePin
+    from nar.losses import FramePin, frame_pin
 
     texts = TINY_CORPUS[:4]
     D = tiny_llm.hidden_size
@@ -282,6 +282,10 @@ def test_frame_pin_holds_e_in_the_teacher_subspace(tiny_llm):
     assert free.norm(dim=1).min() > 1e-3  # ... while the rest of e was fitted
     with pytest.raises(NarError, match="narrower than the LLM"):
         FramePin(teacher_projection(D + 8, D), 1.0)
+    sk = frame_pin(16, D, scale=3.0, dims=4)  # only a 4-dim sketch of the teacher vector is pinned
+    E2 = sk(torch.randn(len(texts), D), items)
+    assert sk.Q.shape == (4, D) and torch.allclose(E2 @ sk.Q.T, (sk.target(T) @ sk.Q.T), atol=1e-4)
+    assert torch.allclose(sk.target(T).norm(dim=1), torch.full((len(texts),), 3.0), atol=1e-4)
 
 
 def test_build_with_frame_pin_refuses_a_teacher_wider_than_the_llm(tiny_llm, teacher, tmp_path):
