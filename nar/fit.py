@@ -180,7 +180,9 @@ def fit_stream(llm: FrozenLLM, items: Iterable[FitItem], cfg: FitConfig, *,
             return
         E = torch.stack([e_params[i] for i in act])
         M = torch.stack([m_params[i] for i in act])
-        rec = reconstruction_loss(llm, E, M, [slots[i].targets for i in act], layout, cfg.precision)
+        own_margin = cfg.margin if cfg.precision == "fp32" or not cfg.verify_fp32 else 0.0
+        rec = reconstruction_loss(llm, E, M, [slots[i].targets for i in act], layout, cfg.precision,
+                                  margin=own_margin)
         ce, acc = rec.ce, rec.acc
         ce_now = ce.detach().cpu()
         acc_now = acc.cpu().clone()
@@ -190,7 +192,8 @@ def fit_stream(llm: FrozenLLM, items: Iterable[FitItem], cfg: FitConfig, *,
             if hit:
                 with torch.no_grad():
                     acc32 = reconstruction_loss(llm, E[hit].detach(), M[hit].detach(),
-                                                [slots[act[j]].targets for j in hit], layout, "fp32").acc.cpu()
+                                                [slots[act[j]].targets for j in hit], layout, "fp32",
+                                                margin=cfg.margin).acc.cpu()
                 for j, a32 in zip(hit, acc32):
                     acc_now[j] = min(float(acc_now[j]), float(a32))  # the worse of the two decodings
         loss = torch.where(finite, ce, torch.zeros_like(ce)).sum()

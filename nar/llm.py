@@ -150,6 +150,14 @@ def forward_kwargs(mask: torch.Tensor | None) -> dict:
     return {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
 
 
+def last_positions(t: int, n: int, device: torch.device) -> int | torch.Tensor:
+    """`logits_to_keep` for the last n of t positions. Under bf16 autocast, as indices rather than the int n:
+    the output head then reads a contiguous copy of those hidden states, where the int's strided slice sends CPU
+    bf16 matmuls down a slow path (one pass, N=64: 203 -> 101 ms here), with bit-identical logits. In fp32 the
+    int, as always: there the contiguous copy changes the last bits of the logits (and fp32 is the reference)."""
+    return torch.arange(t - n, t, device=device) if torch.is_autocast_enabled(device.type) else n
+
+
 class FrozenLLM:
     """A causal LM with every parameter frozen, plus its tokenizer and fingerprint."""
 
@@ -160,6 +168,8 @@ class FrozenLLM:
         self.tokenizer = tokenizer
         self.name = name
         self.fingerprint = fingerprint
+        self._bf16_weights: list | None = None  # (module, fp32 weight, bf16 copy) of every Linear, built once
+        self._bf16_depth = 0
         emb = self.model.get_input_embeddings().weight
         # Statistics used to initialise proto-tokens at the scale of real token embeddings.
         self.embed_std = float(emb.float().std())
@@ -202,10 +212,36 @@ class FrozenLLM:
         return tuple(int(i) for i in ids)
 
     def autocast(self, precision: str):
-        """Context for the forward pass: bfloat16 autocast for 'bf16', nothing for 'fp32'."""
+        """Context for the forward pass: bfloat16 autocast for 'bf16', nothing for 'fp32'.
+
+        Under 'bf16' the Linear layers hold bf16 copies of their weights (made once, kept: +2 bytes a weight)
+        instead of autocast re-casting all fp32 weights at every call; the arithmetic is the same (autocast
+        casts them to these very values), only the per-call cast is gone (one pass, N=64: 108 -> 95 ms here)."""
         if precision == "bf16" and self.dtype == torch.float32:
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+            return self._bf16()
         return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def _bf16(self):
+        ac = torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        if self._bf16_depth:  # nested: the weights are already swapped
+            with ac:
+                yield
+            return
+        if self._bf16_weights is None:
+            self._bf16_weights = [(mod, mod.weight, torch.nn.Parameter(mod.weight.detach().to(torch.bfloat16),
+                                                                       requires_grad=False))
+                                  for mod in self.model.modules() if isinstance(mod, torch.nn.Linear)]
+        self._bf16_depth += 1
+        try:
+            for mod, _, w16 in self._bf16_weights:
+                mod.weight = w16
+            with ac:
+                yield
+        finally:
+            for mod, w32, _ in self._bf16_weights:
+                mod.weight = w32  # the original Parameter object: ties (e.g. embedding = head) stay intact
+            self._bf16_depth -= 1
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a target text, without special tokens."""
@@ -246,7 +282,8 @@ class FrozenLLM:
         """
         embeds = self.proto_inputs(e, m, n, layout, pos, context).to(self.dtype)
         mask = None if context is None else context.full_mask(embeds.shape[1])
-        out = self.model(inputs_embeds=embeds, use_cache=False, logits_to_keep=n, **forward_kwargs(mask))
+        keep = last_positions(embeds.shape[1], n, embeds.device)
+        out = self.model(inputs_embeds=embeds, use_cache=False, logits_to_keep=keep, **forward_kwargs(mask))
         return out.logits[:, -n:]
 
 
@@ -337,6 +374,15 @@ def default_gguf_path() -> Path:
     return path
 
 
+def file_digest(path: str | Path) -> str:
+    """blake2b (16 bytes, hex) of a file's bytes."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _cached_default() -> Path:
     """Dequantise the embedded GGUF once (~20-30 s) and keep a plain safetensors copy (~0.5 s to load)."""
     folder = cache_dir() / "models" / "smollm2-135m-instruct-q4_1"
@@ -362,7 +408,8 @@ def _cached_default() -> Path:
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        meta = {"source": str(gguf), "fingerprint": model_fingerprint(model, "SmolLM2-135M-Instruct"),
+        meta = {"source": str(gguf), "source_digest": file_digest(gguf), "source_bytes": gguf.stat().st_size,
+                "fingerprint": model_fingerprint(model, "SmolLM2-135M-Instruct"),
                 "seconds": round(time.time() - t0, 1)}
         (tmp / "nar_model.json").write_text(json.dumps(meta, indent=2))
         if folder.exists():  # a concurrent process won the race; keep theirs

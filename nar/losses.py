@@ -54,14 +54,16 @@ class Reconstruction:
 
 def reconstruction_loss(llm, e: torch.Tensor, m: torch.Tensor, targets: Sequence[Sequence[int] | torch.Tensor],
                         layout, precision: str = "fp32", pos: torch.Tensor | None = None,
-                        context=None) -> Reconstruction:
+                        context=None, margin: float = 0.0) -> Reconstruction:
     """Cross-entropy and accuracy of each target from one padded forward pass of the frozen LLM.
 
     e: (B, D) or (B, k, D); m: (B, D) or (1, D) shared; pos: optional position codes added to the m copies
     (an encoder's, see `FrozenLLM.proto_inputs`); context: an in-context encoder's `nar.llm.Context`;
     targets: B id sequences (lengths may differ: right padding needs
     no attention mask, attention being causal). precision 'bf16' autocasts the LLM's matmuls. A text's
-    loss does not depend on its batch-mates."""
+    loss does not depend on its batch-mates. margin > 0: `acc` counts a token only when its logit beats every
+    other token's by at least `margin` (a solution that survives other arithmetic, e.g. bf16 at another batch
+    shape); 0: the argmax."""
     tgt = pad_targets(targets, e.device)
     with llm.autocast(precision):
         logits = llm.proto_logits(e, m, tgt.shape[1], layout, pos, context)
@@ -69,7 +71,14 @@ def reconstruction_loss(llm, e: torch.Tensor, m: torch.Tensor, targets: Sequence
     valid = tgt != IGNORE
     lengths = valid.sum(1)
     ce = F.cross_entropy(logits.transpose(1, 2), tgt, ignore_index=IGNORE, reduction="none").sum(1) / lengths
-    acc = ((logits.argmax(-1) == tgt) & valid).sum(1) / lengths
+    if margin > 0:
+        with torch.no_grad():
+            safe = tgt.clamp(min=0)[..., None]
+            gap = logits.gather(-1, safe)[..., 0] - logits.scatter(-1, safe, float("-inf")).max(-1).values
+            hit = gap >= margin
+    else:
+        hit = logits.argmax(-1) == tgt
+    acc = (hit & valid).sum(1) / lengths
     return Reconstruction(ce, acc.detach(), lengths)
 
 

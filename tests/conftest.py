@@ -77,8 +77,8 @@ def nan_at_first_step(monkeypatch, slot: int) -> None:
 
     real, state = fit_mod.reconstruction_loss, {"first": True}
 
-    def flaky(*args):
-        rec = real(*args)
+    def flaky(*args, **kwargs):
+        rec = real(*args, **kwargs)
         if state["first"]:
             state["first"] = False
             rec.ce = torch.cat([rec.ce[:slot], rec.ce[slot:slot + 1] * float("nan"), rec.ce[slot + 1:]])

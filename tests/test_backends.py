@@ -90,3 +90,36 @@ def test_llama_cpp_one_pass_matches_torch_on_the_default_model(nar_cache, monkey
     assert torch.equal(be.argmax(embeds[:1], n), got[:1])  # batched == alone
     out = be.greedy([[1], [1]], 6)
     assert len(out) == 2 and all(len(x) == 6 for x in out) and out[0] == out[1]
+
+
+def test_gguf_twin_found_after_its_recorded_environment_is_gone(tmp_path, monkeypatch):
+    """The model cache is shared by environments: when the GGUF it records was deleted with its environment, the
+    installed wheel's file stands in only if it is the same file."""
+    import json
+    from types import SimpleNamespace
+
+    import nar.llm
+    from nar.backends import gguf_for
+    from nar.llm import file_digest
+
+    installed = tmp_path / "wheel" / "model.gguf"
+    installed.parent.mkdir()
+    installed.write_bytes(b"gguf bytes")
+    monkeypatch.setattr(nar.llm, "default_gguf_path", lambda: installed)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    llm = SimpleNamespace(model=SimpleNamespace(name_or_path=str(cache)), fingerprint="m@1")
+
+    def record(**meta):
+        (cache / "nar_model.json").write_text(json.dumps({"fingerprint": "m@1", **meta}))
+
+    record(source=str(tmp_path / "gone" / "model.gguf"), source_digest=file_digest(installed))
+    assert gguf_for(llm) == installed
+    record(source=str(tmp_path / "gone" / "model.gguf"), source_digest="0" * 32)  # another file
+    assert gguf_for(llm) is None
+    record(source=str(tmp_path / "gone" / "model.gguf"))  # an older cache: name (and size when recorded)
+    assert gguf_for(llm) == installed
+    record(source=str(tmp_path / "gone" / "other.gguf"))
+    assert gguf_for(llm) is None
+    record(source=str(installed), fingerprint="other@2")
+    assert gguf_for(llm) is None

@@ -211,8 +211,8 @@ def test_bf16_fits_count_only_when_they_also_decode_in_fp32(tiny_llm, monkeypatc
     # an fp32 check that fails its first 5 calls: the texts must train on past where bf16 alone stopped
     real, calls = fit_mod.reconstruction_loss, {"fp32": 0}
 
-    def flaky(llm, e, m, targets, layout, precision="fp32", *rest):
-        rec = real(llm, e, m, targets, layout, precision, *rest)
+    def flaky(llm, e, m, targets, layout, precision="fp32", *rest, **kw):
+        rec = real(llm, e, m, targets, layout, precision, *rest, **kw)
         if precision == "fp32" and calls["fp32"] < 5:
             calls["fp32"] += 1
             rec.acc.zero_()
@@ -222,3 +222,22 @@ def test_bf16_fits_count_only_when_they_also_decode_in_fp32(tiny_llm, monkeypatc
     held = fit_texts(tiny_llm, TEXTS, cfg)
     assert calls["fp32"] == 5 and all(r.converged for r in held)
     assert sum(r.steps for r in held) > sum(r.steps for r in plain)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_margin_fit_beats_every_other_token_by_the_margin(tiny_llm, precision):
+    """With cfg.margin a text stops only once every target logit leads the runner-up by the margin in fp32 (the
+    fp32 check under bf16, the fit's own pass in fp32); the margin-0 fit of the same text stops earlier."""
+    from nar.losses import reconstruction_loss
+
+    plain = fit_texts(tiny_llm, TEXTS[:1], FitConfig(**{**FAST, "precision": precision}))[0]
+    wide = fit_texts(tiny_llm, TEXTS[:1], FitConfig(**{**FAST, "precision": precision, "margin": 4.0}))[0]
+    assert plain.converged and wide.converged and wide.steps > plain.steps
+    layout = make_layout(tiny_llm, FitConfig())
+    with torch.no_grad():
+        logits = tiny_llm.proto_logits(wide.e[None], wide.m[None], wide.n_tokens, layout)[0]
+    tgt = torch.tensor(wide.token_ids)
+    gap = logits.gather(1, tgt[:, None])[:, 0] - logits.scatter(1, tgt[:, None], float("-inf")).max(1).values
+    assert gap.min() >= 4.0
+    rec = reconstruction_loss(tiny_llm, plain.e[None], plain.m[None], [plain.token_ids], layout, margin=4.0)
+    assert rec.acc[0] < 1.0  # the plain fit did not have the margin yet

