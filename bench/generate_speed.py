@@ -176,9 +176,8 @@ def fitted_agreement(llm, paths: dict, layout: Layout, k: int, precision: str = 
     """Fit k texts of ~16 tokens with nar's engine (`precision`: 'bf16', the default, fits in bf16 and counts a
     text only when it also decodes exactly in fp32; 'fp32' fits in fp32), then decode them with every path."""
     from nar.config import FitConfig
-    from nar.fit import fit_texts
-
     from nar.data import bundled_texts
+    from nar.fit import fit_texts
 
     texts = [r["text"] for r in bundled_texts() if 15 <= len(llm.encode(r["text"])) <= 17][:k]
     cfg = FitConfig(precision=precision, max_steps=300)
