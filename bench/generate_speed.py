@@ -205,7 +205,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--agreement", type=int, default=None,
                     help="fit this many texts with nar's engine and compare the paths on them (default: 8 with "
-                         "--quick, else 0); a path counts for the headline only if it decodes all of them as torch fp32 does")
+                         "--quick, else 0); a path counts for the headline only if it decodes all of them as "
+                         "torch fp32 does")
     ap.add_argument("--agreement-fit", default="bf16", choices=["bf16", "fp32"],
                     help="the engine that fits them: nar's default (bf16, fp32-checked) or fp32")
     ap.add_argument("--skip-ar", default="", help="comma-separated AR runtimes not to time")
