@@ -89,6 +89,9 @@ class FitConfig(StageConfig):
     verify_fp32: bool = True
     """With bf16: a text counts as reaching target_acc only when its vectors also do in an fp32 pass (the
     default decoding); until then it keeps training (a bf16 fit alone failed in fp32 for 2 of 7 texts)."""
+    train_e: bool = True
+    """False: e stays where it starts (e.g. in the teacher frame, pinned by build-corpus's frame_pin) and only m is
+    fitted: e is then exactly the frame's vector, m carries the whole reconstruction."""
     margin: float = 0.0
     """> 0: a token counts as reproduced only when its logit beats the runner-up by this much (in the fp32 check
     under bf16, else in the fit's own pass), so the text also decodes exactly under other arithmetic (bf16 at

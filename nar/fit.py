@@ -223,6 +223,9 @@ def fit_stream(llm: FrozenLLM, items: Iterable[FitItem], cfg: FitConfig, *,
                 loss.backward()
                 for i in finished:  # their vectors are already recorded; keep the step from moving them
                     e_params[i].grad = m_params[i].grad = None
+                if not cfg.train_e:  # no gradient, no weight decay: e stays at its start
+                    for i in act:
+                        e_params[i].grad = None
                 for i in act:
                     opt.param_groups[i]["lr"] = lr_at(cfg, slots[i].steps)
                 opt.step()

@@ -241,3 +241,15 @@ def test_margin_fit_beats_every_other_token_by_the_margin(tiny_llm, precision):
     assert gap.min() >= 4.0
     rec = reconstruction_loss(tiny_llm, plain.e[None], plain.m[None], [plain.token_ids], layout, margin=4.0)
     assert rec.acc[0] < 1.0  # the plain fit did not have the margin yet
+
+
+def test_train_e_false_fits_only_m(tiny_llm):
+    from nar.fit import initial_vectors
+
+    cfg = FitConfig(**{**FAST, "max_steps": 60}, train_e=False)
+    r = fit_texts(tiny_llm, TEXTS[:1], cfg)[0]
+    e0, m0 = initial_vectors(tiny_llm, FitItem(key="0", ids=r.token_ids, init_key=TEXTS[0]), cfg)
+    assert torch.equal(r.e, e0) and not torch.allclose(r.m, m0)
+    layout = make_layout(tiny_llm, cfg)
+    start = token_accuracy(decode_ids(tiny_llm, e0[None], m0[None], [r.n_tokens], layout)[0], r.token_ids)
+    assert r.accuracy > start

@@ -76,6 +76,8 @@ STS_VARIANTS = {
     "pin2": ("frame pin 2 token norms + bank RD", dict(rd_weight=1.0, rd_bank=256, frame_pin=2.0),
              dict(init="teacher")),
     "pin2_nord": ("frame pin 2 token norms, no RD", dict(rd_weight=0.0, frame_pin=2.0), dict(init="teacher")),
+    "efixed2": ("e fixed at the frame (2 token norms), only m fitted", dict(rd_weight=0.0, frame_pin=2.0),
+                dict(init="teacher", train_e=False)),
     "pin2_k64": ("frame pin 2 token norms, 64-dim sketch + bank RD",
                  dict(rd_weight=1.0, rd_bank=256, frame_pin=2.0, frame_dims=64), dict(init="teacher")),
 }
