@@ -161,7 +161,10 @@ class FramePin:
 
 def frame_pin(teacher_dim: int, dim: int, scale: float, dims: int = 0, seed: int = 0) -> FramePin:
     """The corpus's frame pin: all teacher coordinates (dims 0 or >= teacher_dim) through the corpus's projection
-    `teacher_projection(teacher_dim, dim, seed)`, or a fixed random `dims`-dim sketch of them."""
+    `teacher_projection(teacher_dim, dim, seed)`, or a fixed random `dims`-dim sketch of them; a sketch never
+    takes more than half of the LLM's width `dim`."""
+    if dims > 0:
+        dims = min(dims, dim // 2)
     if dims <= 0 or dims >= teacher_dim:
         return FramePin(teacher_projection(teacher_dim, dim, seed), scale)
     return FramePin(teacher_projection(dims, dim, seed), scale, sketch=teacher_projection(teacher_dim, dims, seed + 1))

@@ -288,8 +288,19 @@ def test_frame_pin_holds_e_in_the_teacher_subspace(tiny_llm):
     assert torch.allclose(sk.target(T).norm(dim=1), torch.full((len(texts),), 3.0), atol=1e-4)
 
 
-def test_build_with_frame_pin_refuses_a_teacher_wider_than_the_llm(tiny_llm, teacher, tmp_path):
-    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": TINY_CORPUS[0]}])
+def test_build_frame_pin_on_a_narrow_llm(tiny_llm, teacher, tmp_path):
+    """Pinning all 384 teacher coordinates of a 64-wide LLM is refused; the default sketch takes at most half of e
+    (here 32 coordinates) and the build's e carries it exactly."""
+    from nar.losses import frame_pin
+
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": f"t{i}", "text": t} for i, t in enumerate(TINY_CORPUS[:3])])
     with pytest.raises(NarError, match="narrower than the LLM"):
-        build_corpus(BuildConfig(input=str(src), out=str(tmp_path / "c"), frame_pin=1.0), FitConfig(**FIT),
+        build_corpus(BuildConfig(input=str(src), out=str(tmp_path / "c"), frame_dims=0), FitConfig(**FIT),
                      llm=tiny_llm, teacher=teacher, show_progress=False)
+    bcfg = BuildConfig(input=str(src), out=str(tmp_path / "d"))
+    build_corpus(bcfg, FitConfig(**FIT, init="teacher"), llm=tiny_llm, teacher=teacher, show_progress=False)
+    pin = frame_pin(teacher.dim, tiny_llm.hidden_size, bcfg.frame_pin * tiny_llm.embed_norm, bcfg.frame_dims)
+    cols = corpus.columns(tmp_path / "d", ["e", "teacher"])
+    E, T = torch.from_numpy(cols["e"]), torch.from_numpy(cols["teacher"])
+    assert pin.Q.shape[0] == tiny_llm.hidden_size // 2
+    assert torch.allclose(E @ pin.Q.T, pin.target(T) @ pin.Q.T, atol=1e-4)

@@ -140,7 +140,7 @@ def test_semantics_analysis(tiny_llm, teacher, tmp_path):
                                "lexical": "on the mat the cat sat", "semantic": "the dog ran in the park"}) + "\n")
     cfg = SemanticsConfig(stsb=str(tsv), pairs=6, max_steps=20, augment=str(aug), precision="fp32")
     res = run_semantics(tmp_path / "out", cfg, llm=tiny_llm, teacher=teacher, show_progress=False)
-    assert [r["key"] for r in res["rows"]] == ["none", "teacher_bank"]
+    assert [r["key"] for r in res["rows"]] == ["none", "default"]
     for r in res["rows"]:
         assert {"sts_e", "sts_m", "sts_em", "sts_teacher", "agree_e", "mean_acc"} <= set(r)
         assert -1 <= r["sts_e"] <= 1

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from nar import corpus as corpus_store
 from nar.artifacts import atomic_write_jsonl
-from nar.config import SemanticsConfig
+from nar.config import BuildConfig, SemanticsConfig
 from nar.errors import NarError
 from nar.space import PROTO_SPACES, pair_cosines, proto_space, spearman, teacher_agreement
 
@@ -64,20 +64,24 @@ def frame_share(E: torch.Tensor, teacher_dim: int, projection_seed: int = 0) -> 
 # ----------------------------------------------------------------------------------------------
 # Experiments (used by `nar analyze semantics` and scripts/sts_frames.py)
 
+NO_PIN = dict(frame_pin=0.0)
 STS_VARIANTS = {
-    "none": ("no RD, random init", dict(rd_weight=0.0), dict(init="embed_std")),
-    "batch": ("batch RD, random init", dict(rd_weight=1.0, rd_bank=0), dict(init="embed_std")),
-    "bank": ("bank RD (256), random init", dict(rd_weight=1.0, rd_bank=256), dict(init="embed_std")),
-    "teacher": ("teacher init, no RD", dict(rd_weight=0.0), dict(init="teacher")),
-    "teacher_batch": ("teacher init + batch RD", dict(rd_weight=1.0, rd_bank=0), dict(init="teacher")),
-    "teacher_bank": ("teacher init + bank RD (default)", dict(rd_weight=1.0, rd_bank=256), dict(init="teacher")),
-    "pin1": ("frame pin 1 token norm + bank RD", dict(rd_weight=1.0, rd_bank=256, frame_pin=1.0),
+    "none": ("no RD, random init (plain fitting)", dict(rd_weight=0.0, **NO_PIN), dict(init="embed_std")),
+    "batch": ("batch RD, random init", dict(rd_weight=1.0, rd_bank=0, **NO_PIN), dict(init="embed_std")),
+    "bank": ("bank RD (256), random init", dict(rd_weight=1.0, rd_bank=256, **NO_PIN), dict(init="embed_std")),
+    "teacher": ("teacher init, no RD", dict(rd_weight=0.0, **NO_PIN), dict(init="teacher")),
+    "teacher_batch": ("teacher init + batch RD", dict(rd_weight=1.0, rd_bank=0, **NO_PIN), dict(init="teacher")),
+    "teacher_bank": ("teacher init + bank RD (the default until 2026-11-23)",
+                     dict(rd_weight=1.0, rd_bank=256, **NO_PIN), dict(init="teacher")),
+    "default": ("build-corpus default (64-dim frame pin + teacher init + bank RD)", {}, dict(init="teacher")),
+    "pin1": ("frame pin 1 token norm + bank RD", dict(rd_weight=1.0, rd_bank=256, frame_pin=1.0, frame_dims=0),
              dict(init="teacher")),
-    "pin2": ("frame pin 2 token norms + bank RD", dict(rd_weight=1.0, rd_bank=256, frame_pin=2.0),
+    "pin2": ("frame pin 2 token norms + bank RD", dict(rd_weight=1.0, rd_bank=256, frame_pin=2.0, frame_dims=0),
              dict(init="teacher")),
-    "pin2_nord": ("frame pin 2 token norms, no RD", dict(rd_weight=0.0, frame_pin=2.0), dict(init="teacher")),
-    "efixed2": ("e fixed at the frame (2 token norms), only m fitted", dict(rd_weight=0.0, frame_pin=2.0),
-                dict(init="teacher", train_e=False)),
+    "pin2_nord": ("frame pin 2 token norms, no RD", dict(rd_weight=0.0, frame_pin=2.0, frame_dims=0),
+                  dict(init="teacher")),
+    "efixed2": ("e fixed at the frame (2 token norms), only m fitted",
+                dict(rd_weight=0.0, frame_pin=2.0, frame_dims=0), dict(init="teacher", train_e=False)),
     "pin2_k64": ("frame pin 2 token norms, 64-dim sketch + bank RD",
                  dict(rd_weight=1.0, rd_bank=256, frame_pin=2.0, frame_dims=64), dict(init="teacher")),
 }
@@ -126,13 +130,13 @@ def sts_experiment(out_dir: str | Path, *, llm, teacher, pairs: int = 100, max_s
     return results
 
 
-AUGMENT_SETTINGS = {"plain": ("embed_std", 0.0), "default": ("teacher", 1.0)}
-"""Augmentation fits: Paper B's plain fitting (random init, no RD) and build-corpus's default (init, RD)."""
+AUGMENT_SETTINGS = {"plain": ("embed_std", 0.0, 0.0), "default": ("teacher", 1.0, BuildConfig.frame_pin)}
+"""Augmentation fits (init, RD weight, frame pin): Paper B's plain fitting and build-corpus's default."""
 
 
 def augmentation(llm, teacher, triples: list[dict], out_dir: str | Path, *, max_steps: int = 300,
                  precision: str = "bf16", init: str = "teacher", rd_weight: float = 1.0,
-                 png_name: str = "augmentation") -> dict:
+                 frame_pin: float = BuildConfig.frame_pin, png_name: str = "augmentation") -> dict:
     """Original vs lexical vs semantic change: cosine distances in e, m, [e; m] and teacher space, and a
     PCA plot of e. Fitted as one corpus (build-corpus with the given init and RD weight)."""
 
@@ -147,8 +151,8 @@ def augmentation(llm, teacher, triples: list[dict], out_dir: str | Path, *, max_
     src = out / "augment-input.jsonl"
     kinds = ("original", "lexical", "semantic")
     atomic_write_jsonl(src, [{"id": f"{t['id']}/{k}", "text": t[k]} for t in triples for k in kinds])
-    cdir = out / f"augment-{init}-rd{rd_weight:g}-{max_steps}"
-    build_corpus(BuildConfig(input=str(src), out=str(cdir), rd_weight=rd_weight),
+    cdir = out / f"augment-{init}-rd{rd_weight:g}{f'-pin{frame_pin:g}' if frame_pin else ''}-{max_steps}"
+    build_corpus(BuildConfig(input=str(src), out=str(cdir), rd_weight=rd_weight, frame_pin=frame_pin),
                  FitConfig(max_steps=max_steps, precision=precision, init=init, max_tokens=64), llm=llm,
                  teacher=teacher, show_progress=False)
     cols = corpus_columns(cdir)
@@ -216,8 +220,8 @@ def run_semantics(out_dir: str | Path, cfg: SemanticsConfig, *, llm, teacher, sh
     if augment_file is not None:
         triples = [json.loads(x) for x in Path(augment_file).read_text().splitlines() if x.strip()]
         aug = {key: augmentation(llm, teacher, triples, out, max_steps=augment_steps or max_steps, precision=precision,
-                                 init=init, rd_weight=rd, png_name=f"augmentation-{key}")
-               for key, (init, rd) in AUGMENT_SETTINGS.items()}
+                                 init=init, rd_weight=rd, frame_pin=pin, png_name=f"augmentation-{key}")
+               for key, (init, rd, pin) in AUGMENT_SETTINGS.items()}
     summary = {"config": cfg.to_dict(), "pairs": pairs, "max_steps": max_steps,
                "augment_steps": augment_steps or max_steps,
                "augmentation": aug and {key: a["summary"] for key, a in aug.items()}}
