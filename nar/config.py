@@ -172,8 +172,9 @@ class BuildConfig(StageConfig):
     frame_pin: float = 2.0
     """> 0: a hard frame (the default): e's component in a subspace of frame_dims coordinates is held at a fixed
     sketch of the text's teacher embedding, scaled to this many token norms, for the whole fit; only the rest of e
-    and m are fitted (`nar.losses.FramePin`). STS-B dev, 24 pairs fitted in different batches: e's Spearman with
-    human scores 0.785 (teacher 0.835) with 41/48 texts exact vs 40/48 for plain fitting (docs/ANALYSES.md).
+    and m are fitted (`nar.losses.FramePin`). STS-B dev pairs fitted in different batches, at convergence: e's
+    Spearman with human scores 0.785 on 24 pairs (teacher 0.835; 41/48 exact, plain fitting 40/48) and 0.706 on
+    100 pairs (teacher 0.805; 159/200 exact) (docs/ANALYSES.md).
     0: the frame is only e's start (FitConfig.init 'teacher') and the RD/anchor losses, which it does not survive."""
     frame_dims: int = 64
     """With frame_pin: how many coordinates of e are pinned, through a fixed random k-dim sketch of the teacher
