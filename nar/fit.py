@@ -118,6 +118,23 @@ def initial_vectors(llm: FrozenLLM, item: FitItem, cfg: FitConfig) -> tuple[torc
     return (item.init_e if item.init_e is not None else e), (item.init_m if item.init_m is not None else m)
 
 
+def fp32_checked(llm: FrozenLLM, E: torch.Tensor, M: torch.Tensor, targets: list, layout: Layout, cfg: FitConfig,
+                 acc: torch.Tensor) -> torch.Tensor:
+    """Under bf16 with cfg.verify_fp32: the texts whose accuracy `acc` (B,) reached cfg.target_acc get the worse
+    of it and an fp32 pass's (with cfg.margin); the others keep theirs. E (B, D); M (B, D) or shared (1, D)."""
+    if cfg.precision != "bf16" or not cfg.verify_fp32:
+        return acc
+    hit = [j for j in range(len(acc)) if float(acc[j]) >= cfg.target_acc]
+    if not hit:
+        return acc
+    with torch.no_grad():
+        acc32 = reconstruction_loss(llm, E[hit].detach(), (M if M.shape[0] == 1 else M[hit]).detach(),
+                                    [targets[j] for j in hit], layout, "fp32", margin=cfg.margin).acc.cpu()
+    acc = acc.clone()
+    acc[hit] = torch.minimum(acc[hit], acc32)
+    return acc
+
+
 def make_layout(llm: FrozenLLM, cfg: FitConfig) -> Layout:
     return Layout(prefix_ids=llm.resolve_prefix(cfg.prefix), first=cfg.first)
 
@@ -187,15 +204,8 @@ def fit_stream(llm: FrozenLLM, items: Iterable[FitItem], cfg: FitConfig, *,
         ce_now = ce.detach().cpu()
         acc_now = acc.cpu().clone()
         finite = torch.isfinite(ce)
-        if cfg.precision == "bf16" and cfg.verify_fp32:  # reached in bf16: does it hold in fp32 decoding?
-            hit = [j for j in range(len(act)) if float(acc_now[j]) >= cfg.target_acc and bool(finite[j])]
-            if hit:
-                with torch.no_grad():
-                    acc32 = reconstruction_loss(llm, E[hit].detach(), M[hit].detach(),
-                                                [slots[act[j]].targets for j in hit], layout, "fp32",
-                                                margin=cfg.margin).acc.cpu()
-                for j, a32 in zip(hit, acc32):
-                    acc_now[j] = min(float(acc_now[j]), float(a32))  # the worse of the two decodings
+        acc_now[~finite.cpu()] = 0.0  # a non-finite text fails below whatever its accuracy; never checked
+        acc_now = fp32_checked(llm, E, M, [slots[i].targets for i in act], layout, cfg, acc_now)
         loss = torch.where(finite, ce, torch.zeros_like(ce)).sum()
         extras = extra_loss(E, M, [slots[i].item for i in act]) if extra_loss else {}
         for v in extras.values():
