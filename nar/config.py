@@ -260,16 +260,26 @@ class EncoderConfig(StageConfig):
     (the decoding LLM stays frozen); 0 keeps the reader frozen."""
     n_e: int = 1
     """How many encoder-emitted vectors stand before the m copies (1: Paper A's [e, m, ..., m])."""
+    head: str = "attention"
+    """How the head pools the source's token states: 'attention' (k + 2 learned queries attend to them through
+    a small transformer decoder) or 'sum' (each token with its position mapped on its own, then summed: a
+    compositional encoder; token-level with reader_layer 0; docs/ENCODER.md)."""
     d_model: int = 256
-    """Width of the head's transformer layers."""
+    """Width of the head's layers."""
     layers: int = 2
-    """Transformer decoder layers in the head (learned queries attend to the source's token states)."""
+    """Layers in the head (transformer decoder layers, or the sum head's per-token MLP blocks)."""
     pos_codes: bool = False
     """Add learned, text-independent position codes to the m copies."""
     out_norm: float = 0.0
     """> 0: every emitted vector (e_j, m) is rescaled to this L2 norm (in the LLM's input-embedding units;
     SmolLM2's tokens have norm ~3.2, its fitted proto-tokens ~6); 0: free (an unconstrained encoder drifts to
     norm ~40, one shared direction for all texts: docs/ENCODER.md)."""
+    init_spread: float = 0.0
+    """How far apart the untrained encoder's outputs start. 0: nearly the same vectors for every text (the mean
+    token embedding; the output layers scaled by 0.1). > 0: the output layers are rescaled on a sample of the
+    training sources so that each emitted vector's text-specific part (its distance from the sample mean) has
+    this norm in units of the mean token-embedding norm, the mean staying at the mean embedding: every text
+    starts at its own point, where per-text gradients share little (docs/ENCODER.md, collapse diagnosis)."""
     heads: int = 4
     """Attention heads in the head's layers."""
     dropout: float = 0.1
@@ -289,14 +299,16 @@ class EncoderConfig(StageConfig):
     def __post_init__(self) -> None:
         _check(self.d_model % self.heads == 0, "d_model must be divisible by heads")
         _check(self.context in CONTEXTS, f"context must be one of {CONTEXTS}")
+        _check(self.head in HEADS, f"head must be one of {HEADS}")
         _check(self.layers >= 1 and self.max_len >= 1 and self.max_source_tokens >= 1, "sizes must be >= 1")
         _check(0 <= self.dropout < 1, "dropout must be in [0, 1)")
-        _check(self.out_norm >= 0, "out_norm must be >= 0")
+        _check(self.out_norm >= 0 and self.init_spread >= 0, "out_norm and init_spread must be >= 0")
         _check(self.n_e >= 1 and self.lora_rank >= 0, "n_e must be >= 1 and lora_rank >= 0")
         _check(self.reader == "llm" or self.lora_rank == 0, "lora_rank needs reader 'llm'")
 
 
 CONTEXTS = ("none", "source", "chat")
+HEADS = ("attention", "sum")
 
 
 @dataclass(frozen=True)

@@ -46,31 +46,79 @@ FORMAT = "nar-encoder/1"
 
 
 class ProtoHead(nn.Module):
+    """Pools the reader's token states into k + 2 vectors (`pool`), then emits e_1..e_k, m and the length."""
+
     def __init__(self, in_dim: int, llm_dim: int, cfg: EncoderConfig):
         super().__init__()
         self.n_e = cfg.n_e
         self.inp = nn.Linear(in_dim, cfg.d_model)
-        self.queries = nn.Parameter(torch.randn(cfg.n_e + 2, cfg.d_model) * 0.02)
-        layer = nn.TransformerDecoderLayer(cfg.d_model, cfg.heads, 4 * cfg.d_model, cfg.dropout, batch_first=True,
-                                           norm_first=True)
-        self.decoder = nn.TransformerDecoder(layer, cfg.layers)
-        self.norm = nn.LayerNorm(cfg.d_model)
         self.out_e = nn.Linear(cfg.d_model, llm_dim)
         self.out_m = nn.Linear(cfg.d_model, llm_dim)
         self.out_len = nn.Linear(cfg.d_model, cfg.max_len)
         self.pos = nn.Parameter(torch.zeros(cfg.max_len, llm_dim)) if cfg.pos_codes else None
         self.out_norm = cfg.out_norm
 
+    def pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """states (B, L, H), mask (B, L) -> (B, k + 2, d)."""
+        raise NotImplementedError
+
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """states (B, L, H), mask (B, L) True on real tokens -> e (B, k, D), m (B, D), length logits (B, max_len)."""
-        mem = self.inp(states)
-        q = self.queries.unsqueeze(0).expand(states.shape[0], -1, -1)
-        h = self.norm(self.decoder(q, mem, memory_key_padding_mask=~mask))
+        h = self.pool(states, mask)
         k = self.n_e
         e, m = self.out_e(h[:, :k]), self.out_m(h[:, k])
         if self.out_norm > 0:
             e, m = (nn.functional.normalize(x, dim=-1) * self.out_norm for x in (e, m))
         return e, m, self.out_len(h[:, k + 1])
+
+
+class AttentionHead(ProtoHead):
+    """head 'attention': k + 2 learned queries attend to the token states through a small transformer decoder."""
+
+    def __init__(self, in_dim: int, llm_dim: int, cfg: EncoderConfig):
+        super().__init__(in_dim, llm_dim, cfg)
+        self.queries = nn.Parameter(torch.randn(cfg.n_e + 2, cfg.d_model) * 0.02)
+        layer = nn.TransformerDecoderLayer(cfg.d_model, cfg.heads, 4 * cfg.d_model, cfg.dropout, batch_first=True,
+                                           norm_first=True)
+        self.decoder = nn.TransformerDecoder(layer, cfg.layers)
+        self.norm = nn.LayerNorm(cfg.d_model)
+
+    def pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        mem = self.inp(states)
+        q = self.queries.unsqueeze(0).expand(states.shape[0], -1, -1)
+        return self.norm(self.decoder(q, mem, memory_key_padding_mask=~mask))
+
+
+class SumHead(ProtoHead):
+    """head 'sum': a compositional encoder. Each source token, with its position, is mapped on its own to k + 2
+    vectors, and the text's vectors are their plain sum:
+
+        h = sum_i phi(W x_i + p_i)        (phi: `layers` residual MLP blocks; p_i: a learned position code)
+
+    With token-level reader states (reader 'llm', reader_layer 0: the LLM's input embeddings) what "token t at
+    position i" contributes does not depend on the rest of the text, so a source never seen is a new sum of
+    seen parts: the encoder generalises by construction if the frozen LLM can decode such superpositions.
+    """
+
+    def __init__(self, in_dim: int, llm_dim: int, cfg: EncoderConfig):
+        super().__init__(in_dim, llm_dim, cfg)
+        d, self.slots = cfg.d_model, cfg.n_e + 2
+        self.src_pos = nn.Parameter(torch.randn(cfg.max_source_tokens, d) * 0.02)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 4 * d), nn.GELU(),
+                                                  nn.Dropout(cfg.dropout), nn.Linear(4 * d, d))
+                                    for _ in range(cfg.layers))
+        self.split = nn.Linear(d, self.slots * d)
+
+    def pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.inp(states) + self.src_pos[: states.shape[1]]
+        for block in self.blocks:
+            x = x + block(x)
+        parts = self.split(x) * mask[..., None].to(x.dtype)  # (B, L, slots * d), padding contributes nothing
+        # a sum, not a mean: a token's contribution must not depend on how many others there are
+        return parts.sum(1).view(states.shape[0], self.slots, -1) / 4
+
+
+HEADS = {"attention": AttentionHead, "sum": SumHead}
 
 
 class LLMReader(nn.Module):
@@ -176,12 +224,12 @@ class Encoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.reader = reader
-        self.head = ProtoHead(reader.hidden_size, llm_dim, cfg)
+        self.head = HEADS[cfg.head](reader.hidden_size, llm_dim, cfg)
         self.meta = meta
 
     @property
     def device(self) -> torch.device:
-        return self.head.queries.device
+        return self.head.out_e.weight.device
 
     @property
     def pos_codes(self) -> torch.Tensor | None:
@@ -195,6 +243,34 @@ class Encoder(nn.Module):
             self.head.out_m.bias.copy_(m_mean)
             self.head.out_e.weight.mul_(scale)
             self.head.out_m.weight.mul_(scale)
+
+    @torch.no_grad()
+    def spread_outputs(self, sources: list[str], e_mean: torch.Tensor, m_mean: torch.Tensor,
+                       radius: float) -> dict[str, float]:
+        """Rescale the output layers so that, over `sources`, e's mean is `e_mean`, m's is `m_mean` and their
+        mean distance from it is `radius` (a data-dependent start with a distinct point per text). Returns the
+        spreads before the rescaling."""
+        was, norm = self.training, self.head.out_norm
+        self.eval()
+        self.head.out_norm = 0.0  # spread the raw outputs; out_norm then puts them on its sphere
+        try:
+            e, m, _ = self(sources)
+        finally:
+            self.train(was)
+            self.head.out_norm = norm
+        before = {}
+        for name, layer, x, target in (("e", self.head.out_e, e.flatten(0, -2), e_mean),
+                                       ("m", self.head.out_m, m, m_mean)):
+            x = x.float()
+            spread = float((x - x.mean(0)).norm(dim=-1).mean())
+            before[name] = spread
+            if spread == 0:
+                raise NarError("the encoder emits the same vector for every source: cannot spread its outputs")
+            scale = radius / spread
+            shift = (x.mean(0) - layer.bias) * scale  # the mean of W h after rescaling
+            layer.weight.mul_(scale)
+            layer.bias.copy_(target.to(layer.bias) - shift)
+        return before
 
     def forward(self, sources: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """e (B, k, D), m (B, D), length logits (B, max_len)."""

@@ -90,11 +90,12 @@ def train_encoder(data: str | Path, cfg: TrainConfig, enc_cfg: EncoderConfig, *,
                      "stats": train.stats, "val_ids": [] if cfg.val_data else val.ids},
             "train_config": cfg.to_dict()}
     enc = Encoder(enc_cfg, reader, llm.hidden_size, meta).to(llm.device)
-    if train.e is not None:
-        enc.init_outputs(train.e.mean(0), train.m.mean(0))
-    else:
-        mean_tok = llm.model.get_input_embeddings().weight.detach().float().mean(0)
-        enc.init_outputs(mean_tok, mean_tok)
+    emb = llm.model.get_input_embeddings().weight.detach().float()
+    means = (train.e.mean(0), train.m.mean(0)) if train.e is not None else (emb.mean(0), emb.mean(0))
+    enc.init_outputs(*means)
+    if enc_cfg.init_spread > 0 and not cfg.resume:
+        sample = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))[:64].tolist()
+        enc.spread_outputs(train.take(sample).sources, *means, enc_cfg.init_spread * float(emb.norm(dim=-1).mean()))
     params = enc.trainable_parameters()
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(cfg.seed)

@@ -7,6 +7,9 @@ per-text fitted solution, take the per-text gradients g_i = d CE_i / d(e, m) of 
   m cancellation |sum_j g_m,j| / sum_j |g_m,j| over the output positions j of one text (1: positions agree)
   smoothness     Spearman between cos(g_i - mean g, g_j - mean g) and the teacher's cos(t_i, t_j) over pairs:
                  whether the text-specific part of the pull is a smooth function of meaning an encoder could learn
+  token overlap  the same Spearman against two token-level similarities of the texts: the share of output
+                 positions holding the same token (positional) and the Jaccard of their token sets (bag): whether
+                 the pull is a function of which token stands where, which a compositional encoder could learn
 
     python scripts/collapse_diagnosis.py [--texts 64]
 """
@@ -43,15 +46,33 @@ def per_text_grads(llm, layout, texts, e0, m0):
     return torch.stack(gs), cancel
 
 
-def stats(G, T):
+def overlaps(ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, B) positional agreement (same token at the same position, over the longer length) and token-set Jaccard."""
+    n = len(ids)
+    pos, bag = torch.zeros(n, n), torch.zeros(n, n)
+    for i in range(n):
+        for j in range(n):
+            a, b = ids[i], ids[j]
+            pos[i, j] = sum(x == y for x, y in zip(a, b)) / max(len(a), len(b))
+            bag[i, j] = len(set(a) & set(b)) / len(set(a) | set(b))
+    return pos, bag
+
+
+def stats(G, T, ids=None):
     mean = G.mean(0)
     common = float(mean.pow(2).sum() / G.pow(2).sum(-1).mean())
     cos_mean = float(F.cosine_similarity(G, mean[None], dim=-1).mean())
     R = F.normalize(G - mean, dim=-1)
     iu = torch.triu_indices(len(G), len(G), 1)
     rho = spearmanr((R @ R.T)[iu[0], iu[1]].numpy(), (T @ T.T)[iu[0], iu[1]].numpy()).statistic
-    return {"common_share": round(common, 3), "cos_to_mean": round(cos_mean, 3),
-            "specific_vs_teacher_spearman": round(float(rho), 3)}
+    out = {"common_share": round(common, 3), "cos_to_mean": round(cos_mean, 3),
+           "specific_vs_teacher_spearman": round(float(rho), 3)}
+    if ids is not None:
+        spec = (R @ R.T)[iu[0], iu[1]].numpy()
+        for name, sim in zip(("positional", "bag"), overlaps(ids)):
+            out[f"specific_vs_{name}_overlap_spearman"] = round(float(spearmanr(spec, sim[iu[0], iu[1]].numpy())
+                                                                      .statistic), 3)
+    return out
 
 
 def main():
@@ -65,8 +86,9 @@ def main():
     texts = [t for t in texts if 6 <= len(llm.encode(t)) <= 16][: a.texts]
     T = F.normalize(load_teacher().encode(texts), dim=-1)
     mean_tok = llm.model.get_input_embeddings().weight.detach().float().mean(0)
+    ids = [llm.encode(t) for t in texts]
     G, cancel = per_text_grads(llm, layout, texts, mean_tok, mean_tok)
-    out = {"texts": len(texts), "at_mean_token": {**stats(G, T),
+    out = {"texts": len(texts), "at_mean_token": {**stats(G, T, ids),
            "m_position_agreement": round(sum(cancel) / len(cancel), 3)}}
     # the same at a random text-specific point: the mean plus noise of one token embedding's scale
     g = torch.Generator().manual_seed(0)
@@ -75,7 +97,7 @@ def main():
     for i, t in enumerate(texts):
         Gi, _ = per_text_grads(llm, layout, [t], mean_tok + noise[i, 0], mean_tok + noise[i, 1])
         Gs.append(Gi[0])
-    out["at_random_points"] = stats(torch.stack(Gs), T)
+    out["at_random_points"] = stats(torch.stack(Gs), T, ids)
     print(json.dumps(out, indent=1))
 
 

@@ -105,7 +105,8 @@ def test_resume_is_bit_for_bit(tiny_llm, texts_file, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("extra", [dict(n_e=3), dict(pos_codes=True), dict(lora_rank=2), dict(context="source"),
-                                   dict(out_norm=2.5, n_e=2)])
+                                   dict(out_norm=2.5, n_e=2), dict(init_spread=1.0),
+                                   dict(head="sum", reader_layer=0, n_e=2)])
 def test_layout_and_reader_levers(tiny_llm, texts_file, tmp_path, extra):
     """k e-vectors, position codes and a LoRA reader: they train, round-trip exactly and generate."""
     ecfg = EncoderConfig(**{**ENC.to_dict(), **extra})
@@ -128,6 +129,38 @@ def test_layout_and_reader_levers(tiny_llm, texts_file, tmp_path, extra):
     assert torch.equal(e, e2) and torch.equal(m, m2) and n == n2
     rows = generate(loaded, tiny_llm, ["the cat sat on the mat"], precision="fp32")
     assert isinstance(rows[0]["output"], str)
+
+
+def test_init_spread_starts_every_text_at_its_own_point(tiny_llm):
+    """spread_outputs (init_spread > 0): the untrained outputs keep the mean token embedding as their mean but
+    sit at the requested distance from it; the default start leaves them nearly on top of each other."""
+    from nar.encoder import make_reader
+
+    emb = tiny_llm.model.get_input_embeddings().weight.detach().float()
+    enc = Encoder(ENC, make_reader(ENC, tiny_llm), tiny_llm.hidden_size, {})
+    enc.init_outputs(emb.mean(0), emb.mean(0))
+    radius = 1.5 * float(emb.norm(dim=-1).mean())
+    before = enc.spread_outputs(TINY_CORPUS[:10], emb.mean(0), emb.mean(0), radius)
+    assert all(s < 0.2 * radius for s in before.values())
+    e, m, _ = enc.predict(TINY_CORPUS[:10])
+    for x in (e, m):
+        assert torch.allclose(x.mean(0), emb.mean(0), atol=1e-4)
+        assert abs(float((x - x.mean(0)).norm(dim=-1).mean()) - radius) < 1e-3 * radius
+
+
+def test_sum_head_is_a_sum_of_per_token_parts():
+    """head 'sum': the pooled vectors of a text are the sum of what each token (at its position) contributes
+    alone, so what a token adds never depends on the rest of the text (the compositional lever)."""
+    from nar.encoder import SumHead
+
+    cfg = EncoderConfig(head="sum", d_model=16, heads=2, n_e=2, max_len=8, dropout=0.0)
+    head = SumHead(12, 24, cfg).eval()
+    states = torch.randn(1, 5, 12)
+    mask = torch.tensor([[True, True, True, True, False]])
+    whole = head.pool(states, mask)
+    parts = sum(head.pool(states, torch.arange(5)[None] == i) for i in range(4))
+    assert torch.allclose(whole, parts, atol=1e-5)
+    assert not torch.allclose(whole, head.pool(states.roll(1, dims=1), mask.roll(1, dims=1)), atol=1e-3)  # order counts
 
 
 def test_generate_compares_with_the_ar_reply_at_the_same_length(tiny_llm, texts_file, tmp_path):
