@@ -1,7 +1,7 @@
 """Seconds per fitting step (forward + backward + AdamW) at a fixed batch shape, per engine setting.
 
 The cost of one optimiser step of `nar.fit` for B slots of N tokens, with nar's own loss function, for:
-fp32; bf16 autocast over fp32 weights (nar's default); the LLM's weights stored in bf16 (no per-step
+fp32; bf16 autocast over fp32 weights (nar's default where bf16 is native: precision 'auto'); the LLM's weights stored in bf16 (no per-step
 casts); torch.compile of the LLM (bf16 autocast); and 1 vs 2 threads. Steps per text are unaffected by
 these settings except through float rounding, so s/step is the figure that matters here. Median over
 --steps steps after --warmup steps.
@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nar.llm import Layout, load_llm  # noqa: E402
+from nar.llm import Layout, load_llm, native_bf16  # noqa: E402
 from nar.losses import reconstruction_loss  # noqa: E402
 
 
@@ -65,7 +65,9 @@ def main() -> None:
 
     torch.set_num_threads(2)
     llm = load_llm(device="cpu")
-    print(f"B={args.batch} N={args.n}, median of {args.steps} steps after {args.warmup} warm-up")
+    print(f"B={args.batch} N={args.n}, median of {args.steps} steps after {args.warmup} warm-up; CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {native_bf16('cpu')} "
+          f"(precision 'auto' -> {llm.precision('auto')})")
     report("fp32, 2 threads", seconds_per_step(llm, "fp32", args.batch, args.n, args.steps, args.warmup))
     report("bf16 autocast, 2 threads (default)",
            seconds_per_step(llm, "bf16", args.batch, args.n, args.steps, args.warmup))

@@ -26,7 +26,8 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 DEVICE = typer.Option("auto", help="'auto', 'cpu', 'cuda', 'cuda:1', 'mps'.")
-PRECISION = typer.Option("bf16", help="Autocast of the frozen LLM's pass: 'bf16' or 'fp32'.")
+PRECISION = typer.Option("auto", help="Autocast of the frozen LLM's pass: 'bf16', 'fp32' or 'auto' (bf16 "
+                                             "where the device computes it natively, else fp32).")
 CHECKPOINT = typer.Argument(..., help="Encoder checkpoint (a run folder, or its best/ or last/).")
 FIT_NAMES = {"num_slots": "slots", "sort_by_length": "sort-length"}
 

@@ -260,7 +260,7 @@ def unavailable(name: str, llm, precision: str = "fp32") -> str | None:
     if name == "llama.cpp":
         if importlib.util.find_spec("llama_cpp") is None:
             return 'llama-cpp-python is not installed (pip install "nar[fast]")'
-        if precision != "fp32":
+        if llm.precision(precision) != "fp32":
             return f"llama.cpp runs its own quantised arithmetic; precision {precision!r} asks for torch's"
         if str(llm.device) != "cpu":
             return "llama.cpp backend is wired for CPU only; the model is on " + str(llm.device)

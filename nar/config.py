@@ -13,6 +13,9 @@ from dataclasses import dataclass
 
 from nar.errors import NarError
 
+PRECISIONS = ("auto", "bf16", "fp32")
+"""Autocast of the frozen LLM's passes; 'auto' is resolved by `nar.llm.FrozenLLM.precision`."""
+
 
 def _check(cond: bool, msg: str) -> None:
     if not cond:
@@ -84,8 +87,9 @@ class FitConfig(StageConfig):
     """Fixed, untrained tokens before e: 'bos' (the tokenizer's BOS), 'none', or literal text."""
     first: str = "e"
     """Which position predicts the first target token: 'e' (its own output) or 'm' (the first m)."""
-    precision: str = "bf16"
-    """'bf16': bfloat16 autocast for the LLM's matmuls (proto-tokens stay fp32); 'fp32': none."""
+    precision: str = "auto"
+    """'bf16': bfloat16 autocast for the LLM's matmuls (proto-tokens stay fp32); 'fp32': none; 'auto': bf16
+    where the device computes it natively (a GPU, an AVX-512 CPU), else fp32 (emulated bf16 is 6-70x slower)."""
     verify_fp32: bool = True
     """With bf16: a text counts as reaching target_acc only when its vectors also do in an fp32 pass (the
     default decoding); until then it keeps training (a bf16 fit alone failed in fp32 for 2 of 7 texts)."""
@@ -120,7 +124,7 @@ class FitConfig(StageConfig):
         _check(self.lr_schedule in ("constant", "cosine"), "lr_schedule must be 'constant' or 'cosine'")
         _check(self.warmup_steps >= 0, "warmup_steps must be >= 0")
         _check(self.first in ("e", "m"), "first must be 'e' or 'm'")
-        _check(self.precision in ("bf16", "fp32"), "precision must be 'bf16' or 'fp32'")
+        _check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}")
         _check(self.num_slots >= 1, "num_slots must be >= 1")
         _check(self.margin >= 0, "margin must be >= 0")
         _check(self.max_tokens >= 1, "max_tokens must be >= 1")
@@ -367,8 +371,8 @@ class TrainConfig(StageConfig):
     """Write last/ (weights, optimizer and RNG state) every this many steps, for --resume."""
     min_accuracy: float = 0.99
     """From a corpus folder: train only on rows fitted to at least this accuracy."""
-    precision: str = "bf16"
-    """Autocast of the frozen LLM's pass and the reader: 'bf16' or 'fp32'."""
+    precision: str = "auto"
+    """Autocast of the frozen LLM's pass and the reader: 'bf16', 'fp32' or 'auto' (bf16 where native)."""
     seed: int = 0
     """Seed of the split, the head's init and the batches."""
     resume: bool = False
@@ -377,7 +381,7 @@ class TrainConfig(StageConfig):
     def __post_init__(self) -> None:
         _check(self.steps >= 1 and self.batch_size >= 1, "steps and batch_size must be >= 1")
         _check(0 < self.val_frac < 1, "val_frac must be in (0, 1)")
-        _check(self.precision in ("bf16", "fp32"), "precision must be 'bf16' or 'fp32'")
+        _check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}")
         _check(min(self.w_reg, self.w_ce, self.w_len) >= 0, "loss weights must be >= 0")
         _check(self.max_tokens >= 1 and self.val_every >= 1 and self.save_every >= 1 and self.val_limit >= 1,
                "max_tokens, val_every, save_every and val_limit must be >= 1")
@@ -458,13 +462,13 @@ class SemanticsConfig(StageConfig):
     """Original/lexical/semantic triples (.jsonl): 'bundled' (nar/assets/augment.jsonl), a path, or 'none'."""
     augment_steps: int | None = None
     """Steps per augmentation text (default max_steps)."""
-    precision: str = "bf16"
-    """'bf16' autocast or 'fp32'."""
+    precision: str = "auto"
+    """'bf16' autocast, 'fp32', or 'auto' (bf16 where the device computes it natively)."""
 
     def __post_init__(self) -> None:
         _check(self.stsb is not None, "give the STS-B file: --stsb PATH (GLUE's STS-B dev.tsv)")
         _check(self.pairs >= 2 and self.max_steps >= 1 and self.slots >= 1, "pairs >= 2, max_steps and slots >= 1")
-        _check(self.precision in ("bf16", "fp32"), "precision must be 'bf16' or 'fp32'")
+        _check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}")
 
 
 @dataclass(frozen=True)
@@ -479,8 +483,8 @@ class CapacityConfig(StageConfig):
     """Steps per (text, N)."""
     threshold: float = 0.99
     """Accuracy that counts as reconstructed."""
-    precision: str = "bf16"
-    """'bf16' autocast or 'fp32'."""
+    precision: str = "auto"
+    """'bf16' autocast, 'fp32', or 'auto' (bf16 where the device computes it natively)."""
     m: str = "per-text"
     """'per-text' (each (text, N) its own e and m), 'shared' (for each N one m for all texts, Paper A's second
     table) or 'both'."""

@@ -113,7 +113,7 @@ def baselines(train, pairs, llm: FrozenLLM, teacher, stop_at_eos: bool, exclude_
     return out
 
 
-def eval_encoder(checkpoint, *, llm: FrozenLLM, data=None, teacher=None, precision: str = "bf16",
+def eval_encoder(checkpoint, *, llm: FrozenLLM, data=None, teacher=None, precision: str = "auto",
                  limit: int | None = None) -> dict:
     """The encoder beside both baselines on held-out texts (the checkpoint's own, or `data`) and on as many
     training texts, with length buckets."""

@@ -122,7 +122,7 @@ def fp32_checked(llm: FrozenLLM, E: torch.Tensor, M: torch.Tensor, targets: list
                  acc: torch.Tensor) -> torch.Tensor:
     """Under bf16 with cfg.verify_fp32: the texts whose accuracy `acc` (B,) reached cfg.target_acc get the worse
     of it and an fp32 pass's (with cfg.margin); the others keep theirs. E (B, D); M (B, D) or shared (1, D)."""
-    if cfg.precision != "bf16" or not cfg.verify_fp32:
+    if llm.precision(cfg.precision) != "bf16" or not cfg.verify_fp32:
         return acc
     hit = [j for j in range(len(acc)) if float(acc[j]) >= cfg.target_acc]
     if not hit:
@@ -197,7 +197,7 @@ def fit_stream(llm: FrozenLLM, items: Iterable[FitItem], cfg: FitConfig, *,
             return
         E = torch.stack([e_params[i] for i in act])
         M = torch.stack([m_params[i] for i in act])
-        own_margin = cfg.margin if cfg.precision == "fp32" or not cfg.verify_fp32 else 0.0
+        own_margin = cfg.margin if llm.precision(cfg.precision) == "fp32" or not cfg.verify_fp32 else 0.0
         rec = reconstruction_loss(llm, E, M, [slots[i].targets for i in act], layout, cfg.precision,
                                   margin=own_margin)
         ce, acc = rec.ce, rec.acc

@@ -27,7 +27,7 @@ def encoder_outputs(enc: Encoder, llm: FrozenLLM, sources: list[str], layout, pr
                       pos=enc.pos_codes, contexts=enc.context_ids(sources, llm))
 
 
-def generate(enc: Encoder, llm: FrozenLLM, sources: list[str], *, precision: str = "bf16", batch_size: int = 32,
+def generate(enc: Encoder, llm: FrozenLLM, sources: list[str], *, precision: str = "auto", batch_size: int = 32,
              compare_ar: bool = False, chat: bool = True, max_new_tokens: int | None = None,
              backend: str = "torch", refine: int = 0) -> list[dict]:
     """One dict per source: source, output, n_tokens, seconds (encoder + one pass [+ refinement], per source in

@@ -158,6 +158,18 @@ def last_positions(t: int, n: int, device: torch.device) -> int | torch.Tensor:
     return torch.arange(t - n, t, device=device) if torch.is_autocast_enabled(device.type) else n
 
 
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether `device` computes bfloat16 matmuls natively: a CUDA GPU with bf16, or a CPU oneDNN runs bf16 on
+    (AVX-512 and up). Elsewhere bf16 is emulated: on an AVX2-only CPU a SmolLM2 forward pass took 6x and its
+    backward 70x as long as in fp32 (docs/BENCHMARKS.md), so 'auto' picks fp32 there."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if dev.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
 class FrozenLLM:
     """A causal LM with every parameter frozen, plus its tokenizer and fingerprint."""
 
@@ -170,6 +182,7 @@ class FrozenLLM:
         self.fingerprint = fingerprint
         self._bf16_weights: list | None = None  # (module, fp32 weight, bf16 copy) of every Linear, built once
         self._bf16_depth = 0
+        self._auto: str | None = None  # what precision 'auto' means on this device, decided once
         emb = self.model.get_input_embeddings().weight
         # Statistics used to initialise proto-tokens at the scale of real token embeddings.
         self.embed_std = float(emb.float().std())
@@ -211,13 +224,22 @@ class FrozenLLM:
             raise NarError(f"prefix {prefix!r} tokenises to nothing")
         return tuple(int(i) for i in ids)
 
+    def precision(self, precision: str) -> str:
+        """'auto' -> 'bf16' where this LLM's device computes bfloat16 natively, else 'fp32'; others unchanged."""
+        if precision != "auto":
+            return precision
+        if self._auto is None:
+            self._auto = "bf16" if native_bf16(self.device) else "fp32"
+        return self._auto
+
     def autocast(self, precision: str):
-        """Context for the forward pass: bfloat16 autocast for 'bf16', nothing for 'fp32'.
+        """Context for the forward pass: bfloat16 autocast for 'bf16' ('auto' where bf16 is native), nothing for
+        'fp32'.
 
         Under 'bf16' the Linear layers hold bf16 copies of their weights (made once, kept: +2 bytes a weight)
         instead of autocast re-casting all fp32 weights at every call; the arithmetic is the same (autocast
         casts them to these very values), only the per-call cast is gone (one pass, N=64: 108 -> 95 ms here)."""
-        if precision == "bf16" and self.dtype == torch.float32:
+        if self.precision(precision) == "bf16" and self.dtype == torch.float32:
             return self._bf16()
         return contextlib.nullcontext()
 

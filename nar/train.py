@@ -77,6 +77,7 @@ def train_encoder(data: str | Path, cfg: TrainConfig, enc_cfg: EncoderConfig, *,
     from nar.evaluate import evaluate_encoder
     from nar.monitor import TensorBoardWriter
 
+    cfg = cfg.replace(precision=llm.precision(cfg.precision))  # the checkpoint records what ran, not 'auto'
     layout, stop_at_eos = run_layout(llm, data)
     stop_at_eos = stop_at_eos or cfg.append_eos
     train, val = train_val_splits(data, llm, cfg)

@@ -81,3 +81,17 @@ def test_bf16_context_matches_autocast_and_restores_the_weights(tiny_llm):
         a = model(inputs_embeds=x, use_cache=False, logits_to_keep=5).logits
         b = model(inputs_embeds=x, use_cache=False, logits_to_keep=last_positions(7, 5, x.device)).logits
     assert torch.equal(a, b) and last_positions(7, 5, x.device) == 5  # fp32 keeps the int (the reference's bits)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_auto_precision_is_bf16_only_where_the_device_computes_it_natively(tiny_llm, monkeypatch, native):
+    """'auto' (every stage's default) autocasts to bf16 only where bf16 is native: emulated bf16 on an AVX2 CPU
+    made a SmolLM2 training step ~25x slower than fp32."""
+    import nar.llm
+
+    monkeypatch.setattr(nar.llm, "native_bf16", lambda device: native)
+    monkeypatch.setattr(tiny_llm, "_auto", None)
+    assert tiny_llm.precision("auto") == ("bf16" if native else "fp32")
+    assert tiny_llm.precision("fp32") == "fp32" and tiny_llm.precision("bf16") == "bf16"
+    with tiny_llm.autocast("auto"):
+        assert torch.is_autocast_enabled("cpu") == native

@@ -31,7 +31,7 @@ def bezier(a: torch.Tensor, c: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -
 
 
 def train_control_point(llm: FrozenLLM, ids: list[int], a: tuple, b: tuple, layout: Layout, *, steps: int = 200,
-                        lr: float = 1e-2, samples: int = 8, precision: str = "bf16", seed: int = 0,
+                        lr: float = 1e-2, samples: int = 8, precision: str = "auto", seed: int = 0,
                         grid: int = 11, check_every: int = 50) -> tuple:
     """The control point (c_e, c_m) of a Bezier curve joining solutions a=(e, m) and b=(e, m), and the steps
     trained: stops early once all `grid` points of the curve reconstruct the text (fp32)."""

@@ -88,7 +88,7 @@ STS_VARIANTS = {
 
 
 def sts_experiment(out_dir: str | Path, *, llm, teacher, pairs: int = 100, max_steps: int = 200,
-                   variants=("none", "teacher_bank"), stsb: str | Path, precision: str = "bf16",
+                   variants=("none", "teacher_bank"), stsb: str | Path, precision: str = "auto",
                    show_progress: bool = False, on_row=None, slots: int = 8) -> list[dict]:
     """STS-B pairs split across batches (all first sentences, then all second ones), one corpus per variant
     under out_dir (reused if present: the build resumes). Spearman of cos(x_a, x_b) with the human scores."""
@@ -135,7 +135,7 @@ AUGMENT_SETTINGS = {"plain": ("embed_std", 0.0, 0.0), "default": ("teacher", 1.0
 
 
 def augmentation(llm, teacher, triples: list[dict], out_dir: str | Path, *, max_steps: int = 300,
-                 precision: str = "bf16", init: str = "teacher", rd_weight: float = 1.0,
+                 precision: str = "auto", init: str = "teacher", rd_weight: float = 1.0,
                  frame_pin: float = BuildConfig.frame_pin, png_name: str = "augmentation") -> dict:
     """Original vs lexical vs semantic change: cosine distances in e, m, [e; m] and teacher space, and a
     PCA plot of e. Fitted as one corpus (build-corpus with the given init and RD weight)."""
