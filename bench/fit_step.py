@@ -1,10 +1,10 @@
 """Seconds per fitting step (forward + backward + AdamW) at a fixed batch shape, per engine setting.
 
 The cost of one optimiser step of `nar.fit` for B slots of N tokens, with nar's own loss function, for:
-fp32; bf16 autocast over fp32 weights (nar's default where bf16 is native: precision 'auto'); the LLM's weights stored in bf16 (no per-step
-casts); torch.compile of the LLM (bf16 autocast); and 1 vs 2 threads. Steps per text are unaffected by
-these settings except through float rounding, so s/step is the figure that matters here. Median over
---steps steps after --warmup steps.
+fp32; bf16 autocast over fp32 weights (nar's default where bf16 is native: precision 'auto'); the LLM's
+weights stored in bf16 (no per-step casts); torch.compile of the LLM (bf16 autocast); and 1 vs 2 threads.
+Steps per text are unaffected by these settings except through float rounding, so s/step is the figure that
+matters here. Median over --steps steps after --warmup steps.
 
     python bench/fit_step.py                 # B=8, N=16, every setting (compile takes a few minutes)
     python bench/fit_step.py --quick         # without torch.compile, fewer steps
