@@ -82,6 +82,13 @@ def encoder_eval(res: dict) -> None:
                                                                      "exact"],
           [[r["split"], r["method"], b["tokens"], b["texts"], b["token_acc"], b["exact_match"]]
            for r in res["rows"] for b in r["by_length"]])
+    # positions down, methods across: 16 positions fit no terminal's width
+    short = {"encoder": "enc", "nearest neighbour": "NN", "position mode": "mode"}
+    width = max(len(r["by_position"]) for r in res["rows"])
+    table("token accuracy at each output position",
+          ["pos", *(f"{r['split'][:5]} {short.get(r['method'], r['method'])}" for r in res["rows"])],
+          [[i + 1, *(f"{r['by_position'][i]:.2f}" if i < len(r["by_position"]) else "" for r in res["rows"])]
+           for i in range(width)])
 
 
 def generation(rows: list[dict], compare_ar: bool) -> None:

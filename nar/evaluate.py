@@ -7,6 +7,7 @@ Metrics (per text, averaged; corpus-level for WER and chrF):
   chrf            chrF of the detokenised output (sacrebleu), in [0, 1]
   distinct_share  distinct tokens / tokens of each output: "the the the ..." scores low; compare with the
                   targets' own share (`target_distinct_share`)
+  by_length, by_position  token accuracy per target-length bucket and at each output position 1..16
 
 Baselines:
   nearest neighbour  the training text whose source is closest to the query's source by the teacher's sentence
@@ -66,6 +67,16 @@ def by_length(pred: list[list[int]], targets: list[list[int]]) -> list[dict]:
     return out
 
 
+def by_position(pred: list[list[int]], targets: list[list[int]], upto: int = 16) -> list[float]:
+    """Token accuracy at each output position 1..upto, over the targets that long: exposes a one pass that
+    writes the first tokens right and the rest as filler."""
+    out = []
+    for i in range(min(upto, max((len(t) for t in targets), default=0))):
+        rows = [(p, t) for p, t in zip(pred, targets) if len(t) > i]
+        out.append(sum(len(p) > i and p[i] == t[i] for p, t in rows) / len(rows))
+    return out
+
+
 def evaluate_encoder(enc, llm: FrozenLLM, pairs, layout: Layout, precision: str, stop_at_eos: bool,
                      with_buckets: bool = False) -> dict:
     """The metrics of the encoder's one-pass outputs on `pairs` (a nar.data.Pairs)."""
@@ -73,7 +84,7 @@ def evaluate_encoder(enc, llm: FrozenLLM, pairs, layout: Layout, precision: str,
     tg = [strip_eos(t, llm.eos_id, stop_at_eos) for t in pairs.token_ids]
     out = score(pred, tg, llm.tokenizer)
     if with_buckets:
-        out["by_length"] = by_length(pred, tg)
+        out["by_length"], out["by_position"] = by_length(pred, tg), by_position(pred, tg)
     return out
 
 
@@ -109,7 +120,8 @@ def baselines(train, pairs, llm: FrozenLLM, teacher, stop_at_eos: bool, exclude_
     for name, pred in (("nearest neighbour", nearest_neighbour(train, pairs, teacher, exclude_self, index)),
                        ("position mode", position_mode(train, pairs))):
         pred = [strip_eos(p, llm.eos_id, stop_at_eos) for p in pred]
-        out[name] = {**score(pred, tg, llm.tokenizer), "by_length": by_length(pred, tg)}
+        out[name] = {**score(pred, tg, llm.tokenizer), "by_length": by_length(pred, tg),
+                     "by_position": by_position(pred, tg)}
     return out
 
 

@@ -230,6 +230,13 @@ def test_scores_expose_repetition(tiny_llm):
     assert 0 < collapsed["token_acc"] < 1 and collapsed["chrf"] < perfect["chrf"]
 
 
+def test_by_position_scores_each_output_position_over_the_targets_that_long():
+    from nar.evaluate import by_position
+
+    assert by_position([[1, 2, 3], [1, 5]], [[1, 2, 4], [1, 2]]) == [1.0, 0.5, 0.0]
+    assert by_position([[7]], [[7, 8, 9]]) == [1.0, 0.0, 0.0]  # a missing token is wrong
+
+
 def test_eval_encoder_reports_baselines(tiny_llm, teacher, texts_file, tmp_path):
     cfg = TrainConfig(run_dir=str(tmp_path / "run"), steps=4, val_every=1000, save_every=1000,
                       val_data=str(texts_file / "dev.jsonl"), **RUN)
@@ -242,6 +249,7 @@ def test_eval_encoder_reports_baselines(tiny_llm, teacher, texts_file, tmp_path)
     assert all(r["texts"] == 3 for r in held)
     enc = next(r for r in held if r["method"] == "encoder")
     assert sum(b["texts"] for b in enc["by_length"]) == 3
+    assert all(0 <= a <= 1 for a in enc["by_position"]) and len(enc["by_position"]) >= 1
     # evaluating on the training file is refused: held out means unseen
     with pytest.raises(NarError, match="training texts"):
         eval_encoder(tmp_path / "run" / "last", llm=tiny_llm, teacher=teacher, data=str(texts_file / "train.jsonl"))
