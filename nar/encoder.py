@@ -154,6 +154,8 @@ class LLMReader(nn.Module):
         return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}, truncated
 
     def forward(self, enc: dict) -> torch.Tensor:
+        if self.layer == 0:  # hidden_states[0] is the input embedding: no need to run the layers
+            return self.net.get_input_embeddings()(enc["input_ids"])
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.trainable):
             out = self.net(**enc, use_cache=False, output_hidden_states=self.layer != -1)
         return out.last_hidden_state if self.layer == -1 else out.hidden_states[self.layer]
