@@ -257,17 +257,19 @@ class EncoderConfig(StageConfig):
     reader: str = "llm"
     """What reads the source: 'llm' (the frozen LLM's own hidden states of the source) or a
     sentence-transformers model name or path (e.g. the embedded 'all-MiniLM-L6-v2')."""
-    reader_layer: int = -1
-    """With reader 'llm': which hidden layer feeds the head (-1: the last, normalised)."""
+    reader_layer: int = 0
+    """With reader 'llm': which hidden layer feeds the head (0: the input embeddings, token by token, what the
+    sum head needs to be compositional; -1: the last, normalised, contextual)."""
     lora_rank: int = 0
     """With reader 'llm': > 0 trains LoRA adapters of this rank on a copy of the LLM that reads the source
     (the decoding LLM stays frozen); 0 keeps the reader frozen."""
     n_e: int = 1
     """How many encoder-emitted vectors stand before the m copies (1: Paper A's [e, m, ..., m])."""
-    head: str = "attention"
-    """How the head pools the source's token states: 'attention' (k + 2 learned queries attend to them through
-    a small transformer decoder) or 'sum' (each token with its position mapped on its own, then summed: a
-    compositional encoder; token-level with reader_layer 0; docs/ENCODER.md)."""
+    head: str = "sum"
+    """How the head pools the source's token states: 'sum' (each token with its position mapped on its own, then
+    summed: a compositional encoder, token-level with reader_layer 0; the default since it won on held-out
+    autoencoding in two seeds, docs/ENCODER.md) or 'attention' (k + 2 learned queries attend to them through a
+    small transformer decoder; the default before 2026-12-01, with reader_layer -1)."""
     d_model: int = 256
     """Width of the head's layers."""
     layers: int = 2
@@ -309,7 +311,12 @@ class EncoderConfig(StageConfig):
         _check(self.out_norm >= 0 and self.init_spread >= 0, "out_norm and init_spread must be >= 0")
         _check(self.n_e >= 1 and self.lora_rank >= 0, "n_e must be >= 1 and lora_rank >= 0")
         _check(self.reader == "llm" or self.lora_rank == 0, "lora_rank needs reader 'llm'")
+        _check(self.lora_rank == 0 or self.reader_layer != 0,
+               "lora_rank needs --reader-layer other than 0 (layer 0 is the input embeddings, which LoRA leaves alone)")
 
+
+# checkpoints written before the sum head were attention-head encoders (their configs lack the field)
+EncoderConfig.LEGACY = {"head": "attention"}
 
 CONTEXTS = ("none", "source", "chat")
 HEADS = ("attention", "sum")

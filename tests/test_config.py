@@ -80,3 +80,11 @@ def test_options_follow_the_config(monkeypatch):
     monkeypatch.setattr("nar.llm.load_llm", lambda *a, **k: None)
     CliRunner().invoke(app, ["analyze", "capacity", "--ns", "4,8", "--max-steps", "9"])
     assert seen["cap"] == C.CapacityConfig(ns=(4, 8), max_steps=9)
+
+
+def test_encoder_configs_saved_before_the_sum_head_stay_attention_encoders():
+    old = {k: v for k, v in C.EncoderConfig(head="attention", reader_layer=-1).to_dict().items() if k != "head"}
+    assert C.EncoderConfig.from_dict(old).head == "attention"
+    assert C.EncoderConfig().head == "sum" and C.EncoderConfig().reader_layer == 0
+    with pytest.raises(NarError, match="reader-layer"):
+        C.EncoderConfig(lora_rank=4)  # LoRA does not touch the input embeddings that layer 0 reads

@@ -104,9 +104,9 @@ def test_resume_is_bit_for_bit(tiny_llm, texts_file, tmp_path, monkeypatch):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("extra", [dict(n_e=3), dict(pos_codes=True), dict(lora_rank=2), dict(context="source"),
-                                   dict(out_norm=2.5, n_e=2), dict(init_spread=1.0),
-                                   dict(head="sum", reader_layer=0, n_e=2)])
+@pytest.mark.parametrize("extra", [dict(n_e=3), dict(pos_codes=True), dict(lora_rank=2, reader_layer=-1),
+                                   dict(context="source"), dict(out_norm=2.5, n_e=2), dict(init_spread=1.0),
+                                   dict(head="attention", reader_layer=-1, n_e=2)])
 def test_layout_and_reader_levers(tiny_llm, texts_file, tmp_path, extra):
     """k e-vectors, position codes and a LoRA reader: they train, round-trip exactly and generate."""
     ecfg = EncoderConfig(**{**ENC.to_dict(), **extra})
