@@ -41,8 +41,8 @@ def build_corpus(bcfg: BuildConfig, fcfg: FitConfig = CORPUS_FIT, *, llm: Frozen
     rows, rstats = read_rows(bcfg)
     llm = llm or load_llm(bcfg.model, device=bcfg.device)
     teacher = teacher or load_teacher(bcfg.teacher)
-    # one build per worker slot at a time: a second `build-corpus` on the same folder is refused, not run twice
     fcfg = fcfg.replace(precision=llm.precision(fcfg.precision))  # the manifest records what ran, not 'auto'
+    # one build per worker slot at a time: a second `build-corpus` on the same folder is refused, not run twice
     with folder_lock(bcfg.out, f"build-r{bcfg.rank:03d}", "build-corpus"):
         return _build(bcfg, fcfg, rows, rstats, llm, teacher, show_progress, barrier, t_start)
 

@@ -114,7 +114,9 @@ class SumHead(ProtoHead):
         for block in self.blocks:
             x = x + block(x)
         parts = self.split(x) * mask[..., None].to(x.dtype)  # (B, L, slots * d), padding contributes nothing
-        # a sum, not a mean: a token's contribution must not depend on how many others there are
+        # a sum, not a mean: a token's contribution must not depend on how many others there are; the fixed
+        # 1/4 keeps a ~16-token sum near the scale of one part, so the output layers start where init_outputs
+        # puts them for the attention head
         return parts.sum(1).view(states.shape[0], self.slots, -1) / 4
 
 

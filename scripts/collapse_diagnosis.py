@@ -64,11 +64,11 @@ def stats(G, T, ids=None):
     cos_mean = float(F.cosine_similarity(G, mean[None], dim=-1).mean())
     R = F.normalize(G - mean, dim=-1)
     iu = torch.triu_indices(len(G), len(G), 1)
-    rho = spearmanr((R @ R.T)[iu[0], iu[1]].numpy(), (T @ T.T)[iu[0], iu[1]].numpy()).statistic
+    spec = (R @ R.T)[iu[0], iu[1]].numpy()  # pairwise cosines of the text-specific pulls
+    rho = spearmanr(spec, (T @ T.T)[iu[0], iu[1]].numpy()).statistic
     out = {"common_share": round(common, 3), "cos_to_mean": round(cos_mean, 3),
            "specific_vs_teacher_spearman": round(float(rho), 3)}
     if ids is not None:
-        spec = (R @ R.T)[iu[0], iu[1]].numpy()
         for name, sim in zip(("positional", "bag"), overlaps(ids)):
             out[f"specific_vs_{name}_overlap_spearman"] = round(float(spearmanr(spec, sim[iu[0], iu[1]].numpy())
                                                                       .statistic), 3)
