@@ -301,9 +301,24 @@ class EncoderConfig(StageConfig):
     'source' (the source's tokens also stand before e in the same one pass) or 'chat' (the source as a chat
     prompt there). Still one forward pass; the frozen LLM reads the source instead of the head squeezing it
     into two vectors."""
+    m_readout: str = "repeat"
+    """How the m positions of the pass read the one m: 'repeat' (every position the same m: Paper A's
+    [e, m, ..., m]) or 'gated' (position j reads W (g_j * m) + b_j: a learned linear read-out per position, shared
+    by all texts and started at the identity, so the encoder still emits only e and m, 2 x D numbers per text,
+    but each position can select its own part of m instead of telling them apart by rotary position alone)."""
+    ctc_slots: int = 0
+    """0: the one pass has one output slot per target token, trained with position-wise cross-entropy (Paper A's
+    read-out). r >= 2: it has r x N slots, trained with CTC (Graves et al. 2006) against the N target tokens, and
+    the output is the slots' argmaxes with repeats merged and blanks dropped: each token may come out at any slot,
+    in order, so no word has to be pinned to one position (the NAT remedy for 'the the the'; still one pass)."""
+    ctc_blank: int = -1
+    """With ctc_slots: the token id that means 'no token in this slot' (-1: chosen when training starts, the
+    tokenizer's lowest special token that is neither EOS, BOS nor padding)."""
 
     def __post_init__(self) -> None:
         _check(self.d_model % self.heads == 0, "d_model must be divisible by heads")
+        _check(self.ctc_slots == 0 or self.ctc_slots >= 2, "ctc_slots must be 0 (off) or >= 2")
+        _check(self.m_readout in M_READOUTS, f"m_readout must be one of {M_READOUTS}")
         _check(self.context in CONTEXTS, f"context must be one of {CONTEXTS}")
         _check(self.head in HEADS, f"head must be one of {HEADS}")
         _check(self.layers >= 1 and self.max_len >= 1 and self.max_source_tokens >= 1, "sizes must be >= 1")
@@ -320,6 +335,7 @@ EncoderConfig.LEGACY = {"head": "attention"}
 
 CONTEXTS = ("none", "source", "chat")
 HEADS = ("attention", "sum")
+M_READOUTS = ("repeat", "gated")
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,18 @@ def decode_texts(llm: FrozenLLM, e: torch.Tensor, m: torch.Tensor, n_tokens: lis
     return [llm.tokenizer.decode(x, skip_special_tokens=True) for x in ids]
 
 
+def ctc_collapse(ids: list[int], blank: int, eos: int | None = None) -> list[int]:
+    """A CTC read-out: merge runs of the same token, drop blanks, and (with `eos`) cut before the first EOS."""
+    out, prev = [], None
+    for t in ids:
+        if t != prev and t != blank:
+            out.append(t)
+        prev = t
+    if eos is not None and eos in out:
+        out = out[: out.index(eos)]
+    return out
+
+
 def token_accuracy(pred: list[int], target: list[int]) -> float:
     """Fraction of target positions whose predicted token matches (a missing prediction is wrong)."""
     if not target:

@@ -17,6 +17,7 @@ the output; the head's e and m then steer it. Still one forward pass (docs/ENCOD
 
 Optional position codes (`pos_codes`): learned, text-independent vectors added to the m copies, so the frozen
 LLM sees a different input at each output position (the proto-token layout repeats one m; see docs/ENCODER.md).
+`m_readout` 'gated' goes further: position j reads a learned linear image W (g_j * m) + b_j of the one m.
 
 The e/m output biases start at the mean token embedding (or a corpus's mean proto-tokens), so the untrained
 encoder is the "mean" baseline. A checkpoint folder holds `model.safetensors` (head, plus LoRA or fine-tuned
@@ -55,8 +56,21 @@ class ProtoHead(nn.Module):
         self.out_e = nn.Linear(cfg.d_model, llm_dim)
         self.out_m = nn.Linear(cfg.d_model, llm_dim)
         self.out_len = nn.Linear(cfg.d_model, cfg.max_len)
-        self.pos = nn.Parameter(torch.zeros(cfg.max_len, llm_dim)) if cfg.pos_codes else None
+        slots = cfg.max_len * max(1, cfg.ctc_slots)  # output positions of the longest pass
+        self.pos = nn.Parameter(torch.zeros(slots, llm_dim)) if cfg.pos_codes else None  # one code per slot
+        if cfg.m_readout == "gated":  # position j reads W (g_j * m) + b_j; the identity at the start
+            self.read_w = nn.Parameter(torch.eye(llm_dim))
+            self.read_g = nn.Parameter(torch.ones(slots, llm_dim))
+            self.read_b = nn.Parameter(torch.zeros(slots, llm_dim))
+        self.m_readout = cfg.m_readout
         self.out_norm = cfg.out_norm
+
+    def read_m(self, m: torch.Tensor) -> torch.Tensor:
+        """What the m positions of the pass read: m (B, D) itself ('repeat'), or (B, slots, D), one text-independent
+        linear image of m per position ('gated')."""
+        if self.m_readout == "repeat":
+            return m
+        return (m[:, None, :] * self.read_g) @ self.read_w.T + self.read_b
 
     def pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """states (B, L, H), mask (B, L) -> (B, k + 2, d)."""
@@ -301,6 +315,11 @@ class Encoder(nn.Module):
         self.train(was)
         e = torch.cat(es)
         return (e[:, 0] if e.shape[1] == 1 else e), torch.cat(ms), ns
+
+    def m_inputs(self, m: torch.Tensor) -> torch.Tensor:
+        """The m positions' inputs from the emitted m (B, D): m itself, or (B, slots, D) under m_readout 'gated'
+        (a function of m alone: the text still reaches the LLM only through e and m)."""
+        return self.head.read_m(m.to(self.device))
 
     def context_ids(self, sources: list[str], llm: FrozenLLM) -> list[list[int]] | None:
         """The per-text tokens this encoder puts before e in the decoding pass, or None (Paper A's input)."""

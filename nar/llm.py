@@ -274,7 +274,7 @@ class FrozenLLM:
         """Input embeddings for a batch of proto-tokens.
 
         e: (B, D), or (B, k, D) for k vectors before the m's (an encoder layout); m: (B, D) or (1, D) when
-        shared; pos: optional (>= n_m, D) position codes added to the m copies (an encoder's learned,
+        shared, or (B, >= n_m, D), one input per m position (`Encoder.m_inputs`); pos: optional (>= n_m, D) position codes added to the m copies (an encoder's learned,
         text-independent offsets); context: per-text tokens (prefix included) before e, left-padded (pass
         `forward_kwargs(context.full_mask(T))` to the model).
         Returns (B, len(prefix or context) + k + layout.n_m(n), D).
@@ -289,7 +289,12 @@ class FrozenLLM:
             ids = torch.tensor(layout.prefix_ids, device=e.device)
             parts.append(self.model.get_input_embeddings()(ids).to(e.dtype).unsqueeze(0).expand(b, -1, d))
         parts.append(e)
-        ms = m.unsqueeze(1).expand(b, layout.n_m(n), d)
+        if m.dim() == 3:  # one input per m position (an encoder's read-out of its m)
+            if m.shape[1] < layout.n_m(n):
+                raise NarError(f"{m.shape[1]} m inputs for {layout.n_m(n)} m positions")
+            ms = m[:, : layout.n_m(n)].expand(b, -1, d)
+        else:
+            ms = m.unsqueeze(1).expand(b, layout.n_m(n), d)
         if pos is not None:
             ms = ms + pos[: layout.n_m(n)].to(ms.dtype)
         parts.append(ms)

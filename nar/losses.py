@@ -82,6 +82,26 @@ def reconstruction_loss(llm, e: torch.Tensor, m: torch.Tensor, targets: Sequence
     return Reconstruction(ce, acc.detach(), lengths)
 
 
+def ctc_reconstruction_loss(llm, e: torch.Tensor, m: torch.Tensor, targets: Sequence[Sequence[int]], layout,
+                            slots: int, blank: int, precision: str = "fp32", pos: torch.Tensor | None = None,
+                            context=None) -> torch.Tensor:
+    """CTC of each target over `slots` x N output positions of one pass of the frozen LLM (N its length): the
+    loss of every monotonic alignment of the N tokens to the slots (repeats and `blank` filling the rest), so a
+    token counts wherever it comes out, in order. Mean over texts of the per-token loss (torch's 'mean').
+    Arguments as `reconstruction_loss`; the slots of shorter texts beyond their own r x N are ignored."""
+    lengths = torch.tensor([len(t) for t in targets], dtype=torch.long)
+    if int(lengths.min()) < 1:
+        raise NarError("CTC needs targets of at least one token")
+    flat = torch.cat([torch.as_tensor(t, dtype=torch.long) for t in targets])
+    if bool((flat == blank).any()):
+        raise NarError(f"a target contains the CTC blank token {blank}: choose another --ctc-blank")
+    n_in = slots * lengths
+    with llm.autocast(precision):
+        logits = llm.proto_logits(e, m, int(n_in.max()), layout, pos, context)
+    logp = logits.float().log_softmax(-1).transpose(0, 1)  # (T, B, V), as ctc_loss wants
+    return F.ctc_loss(logp, flat.to(logp.device), n_in, lengths, blank=blank, reduction="mean", zero_infinity=True)
+
+
 def relational_loss(P: torch.Tensor, T: torch.Tensor, bank_P: torch.Tensor | None = None,
                     bank_T: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared difference between proto-token and teacher cosine similarities.

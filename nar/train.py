@@ -4,6 +4,8 @@ Losses per batch (weights in TrainConfig):
   ce  = reconstruction cross-entropy of the target tokens from ONE pass of the frozen LLM over the predicted
         [prefix, (source, in-context encoders only), e_1..e_k, m x (N-1)], gradients flowing through the frozen
         LLM into the encoder
+  ctc = instead of ce when the encoder has ctc_slots = r: CTC of the N target tokens over r x N output slots of
+        the same one pass (`nar.losses.ctc_reconstruction_loss`)
   len = cross-entropy of the length head against the true N
   reg = (from a corpus folder only) mean over e and m of [(1 - cos(pred, fitted)) + |unit(pred) - unit(fitted)|^2]
 
@@ -25,7 +27,7 @@ from nar.data import Pairs, run_layout, train_val_splits
 from nar.encoder import Encoder, make_reader, reader_info
 from nar.errors import NarError
 from nar.llm import FrozenLLM, Layout, context_for
-from nar.losses import reconstruction_loss
+from nar.losses import ctc_reconstruction_loss, reconstruction_loss
 from nar.schedule import warmup_cosine
 
 
@@ -36,11 +38,16 @@ def losses(enc: Encoder, llm: FrozenLLM, batch: Pairs, layout: Layout, cfg: Trai
     out: dict[str, torch.Tensor] = {}
     if cfg.w_ce > 0:
         ctx = context_for(enc.context_ids(batch.sources, llm), layout, e.device)
-        out["ce"] = reconstruction_loss(llm, e, m, batch.token_ids, layout, cfg.precision, enc.head.pos,
-                                        ctx).token_mean()
+        m_in = enc.m_inputs(m)
+        if enc.cfg.ctc_slots:
+            out["ctc"] = ctc_reconstruction_loss(llm, e, m_in, batch.token_ids, layout, enc.cfg.ctc_slots,
+                                                 enc.cfg.ctc_blank, cfg.precision, enc.head.pos, ctx)
+        else:
+            out["ce"] = reconstruction_loss(llm, e, m_in, batch.token_ids, layout, cfg.precision, enc.head.pos,
+                                            ctx).token_mean()
     lengths = torch.tensor([min(len(x), enc.cfg.max_len) - 1 for x in batch.token_ids], device=e.device)
     out["len"] = F.cross_entropy(len_logits, lengths)
-    total = cfg.w_ce * out.get("ce", 0.0) + cfg.w_len * out["len"]
+    total = cfg.w_ce * out.get("ce", out.get("ctc", 0.0)) + cfg.w_len * out["len"]
     if batch.e is not None and cfg.w_reg > 0:
         te, tm = batch.e.to(e.device), batch.m.to(e.device)
         out["reg"] = sum((1 - F.cosine_similarity(p, t, dim=-1)).mean()
@@ -49,6 +56,18 @@ def losses(enc: Encoder, llm: FrozenLLM, batch: Pairs, layout: Layout, cfg: Trai
         total = total + cfg.w_reg * out["reg"]
     out["total"] = total
     return out
+
+
+def ctc_blank_id(llm: FrozenLLM) -> int:
+    """The default CTC blank: the tokenizer's lowest special token that is neither EOS, BOS nor padding (it never
+    occurs in a tokenised text; SmolLM2: <|endoftext|>, id 0)."""
+    tok = llm.tokenizer
+    taken = {llm.eos_id, llm.pad_id, tok.bos_token_id}
+    free = sorted(i for i in tok.all_special_ids if i not in taken)
+    if not free:
+        raise NarError("this tokenizer has no special token to serve as the CTC blank: pass --ctc-blank ID "
+                       "(a token id no target uses)")
+    return free[0]
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -80,6 +99,8 @@ def train_encoder(data: str | Path, cfg: TrainConfig, enc_cfg: EncoderConfig, *,
     cfg = cfg.replace(precision=llm.precision(cfg.precision))  # the checkpoint records what ran, not 'auto'
     layout, stop_at_eos = run_layout(llm, data)
     stop_at_eos = stop_at_eos or cfg.append_eos
+    if enc_cfg.ctc_slots and enc_cfg.ctc_blank < 0:
+        enc_cfg = enc_cfg.replace(ctc_blank=ctc_blank_id(llm))
     train, val = train_val_splits(data, llm, cfg)
     val_probe = val.take(list(range(min(cfg.val_limit, len(val)))))
     run = Path(cfg.run_dir)

@@ -106,7 +106,8 @@ def test_resume_is_bit_for_bit(tiny_llm, texts_file, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("extra", [dict(n_e=3), dict(pos_codes=True), dict(lora_rank=2, reader_layer=-1),
                                    dict(context="source"), dict(out_norm=2.5, n_e=2), dict(init_spread=1.0),
-                                   dict(head="attention", reader_layer=-1, n_e=2)])
+                                   dict(head="attention", reader_layer=-1, n_e=2), dict(m_readout="gated"),
+                                   dict(m_readout="gated", ctc_slots=2, pos_codes=True)])
 def test_layout_and_reader_levers(tiny_llm, texts_file, tmp_path, extra):
     """k e-vectors, position codes and a LoRA reader: they train, round-trip exactly and generate."""
     ecfg = EncoderConfig(**{**ENC.to_dict(), **extra})
@@ -373,3 +374,79 @@ def test_evaluation_sees_the_training_subset_of_a_limited_run(tiny_llm, texts_fi
     train, held, _ = checkpoint_splits(enc.meta, tiny_llm)
     assert len(train) == 4 and set(train.ids) == seen
     assert not set(held.ids) & seen
+
+
+def test_ctc_loss_is_the_sum_over_alignments(tiny_llm):
+    """The CTC term is -log of the summed probability of every slot sequence that collapses to the target
+    (enumerated by brute force: 2 tokens over 2 x 2 slots), divided by the target's length."""
+    import itertools
+    import math
+
+    from nar.decode import ctc_collapse
+    from nar.llm import Layout
+    from nar.losses import ctc_reconstruction_loss
+
+    torch.manual_seed(0)
+    d, layout, blank, target = tiny_llm.hidden_size, Layout(prefix_ids=(1,)), 0, [5, 7]
+    e, m = torch.randn(1, d), torch.randn(1, d)
+    loss = ctc_reconstruction_loss(tiny_llm, e, m, [target], layout, slots=2, blank=blank)
+    with torch.no_grad():
+        p = tiny_llm.proto_logits(e, m, 4, layout).float().softmax(-1)[0]  # (4 slots, V)
+    paths = [s for s in itertools.product((blank, 5, 7), repeat=4) if ctc_collapse(list(s), blank) == target]
+    assert len(paths) == 15  # blank* 5+ blank* 7+ blank* in 4 slots: C(6, 4) ways
+    total = sum(math.prod(float(p[t, s]) for t, s in enumerate(path)) for path in paths)
+    assert float(loss) == pytest.approx(-math.log(total) / len(target), rel=1e-4)
+    with pytest.raises(NarError, match="blank"):
+        ctc_reconstruction_loss(tiny_llm, e, m, [[5, 0]], layout, slots=2, blank=blank)
+
+
+def test_ctc_collapse():
+    from nar.decode import ctc_collapse
+
+    assert ctc_collapse([0, 5, 5, 0, 5, 7, 7, 0], blank=0) == [5, 5, 7]
+    assert ctc_collapse([5, 9, 0, 7], blank=0, eos=9) == [5]
+
+
+def test_ctc_encoder_trains_and_reads_out_by_collapsing(tiny_llm, texts_file, tmp_path, monkeypatch):
+    """With ctc_slots the one pass has r x N slots: the CTC loss falls, the blank is chosen and recorded, and
+    generation is the collapsed argmax of exactly those slots."""
+    from nar.decode import ctc_collapse, decode_ids
+    from nar.generate import encoder_outputs
+
+    losses = _losses_spy(monkeypatch)
+    ecfg = EncoderConfig(**{**ENC.to_dict(), "ctc_slots": 2})
+    cfg = TrainConfig(run_dir=str(tmp_path / "run"), steps=40, val_every=20, save_every=20,
+                      val_data=str(texts_file / "dev.jsonl"), **RUN)
+    res = train_encoder(texts_file / "train.jsonl", cfg, ecfg, llm=tiny_llm, show_progress=False)
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
+    loaded = Encoder.from_pretrained(tmp_path / "run" / "last", llm=tiny_llm)
+    assert loaded.cfg.ctc_slots == 2 and loaded.cfg.ctc_blank == tiny_llm.tokenizer.unk_token_id
+    src = ["the cat sat on the mat", "birds sing in the morning"]
+    e, m, n = loaded.predict(src)
+    raw = decode_ids(tiny_llm, e, m, [2 * k for k in n], loaded.layout)
+    assert [len(x) for x in raw] == [2 * k for k in n]
+    out = encoder_outputs(loaded, tiny_llm, src, loaded.layout, "fp32", stop_at_eos=False)
+    assert out == [ctc_collapse(x, loaded.cfg.ctc_blank) for x in raw]
+    assert res["val"]["token_acc"] >= 0 and all(loaded.cfg.ctc_blank not in x for x in out)
+
+
+def test_gated_readout_starts_as_paper_a_and_is_a_function_of_m_alone(tiny_llm):
+    """m_readout 'gated' at its start gives exactly the repeated-m pass; after any change of its weights the
+    m positions' inputs still depend on the text only through the emitted m."""
+    from nar.encoder import make_reader
+    from nar.llm import Layout
+
+    layout, d = Layout(prefix_ids=(1,)), tiny_llm.hidden_size
+    cfg = EncoderConfig(**{**ENC.to_dict(), "m_readout": "gated"})
+    enc = Encoder(cfg, make_reader(cfg, tiny_llm), d, {})
+    torch.manual_seed(0)
+    e, m = torch.randn(2, d), torch.randn(2, d)
+    with torch.no_grad():
+        assert torch.allclose(tiny_llm.proto_logits(e, enc.m_inputs(m), 5, layout),
+                              tiny_llm.proto_logits(e, m, 5, layout), atol=1e-5)
+        for p in (enc.head.read_w, enc.head.read_g, enc.head.read_b):
+            p.add_(torch.randn_like(p) * 0.1)
+    m_in = enc.m_inputs(m)
+    assert m_in.shape == (2, cfg.max_len, d)
+    assert torch.equal(enc.m_inputs(m[1:]), m_in[1:])  # row by row: no text's input depends on another's m
+    assert not torch.allclose(m_in[:, 0], m_in[:, 1])  # the positions now read different images of m
