@@ -305,7 +305,11 @@ class EncoderConfig(StageConfig):
     """How the m positions of the pass read the one m: 'repeat' (every position the same m: Paper A's
     [e, m, ..., m]) or 'gated' (position j reads W (g_j * m) + b_j: a learned linear read-out per position, shared
     by all texts and started at the identity, so the encoder still emits only e and m, 2 x D numbers per text,
-    but each position can select its own part of m instead of telling them apart by rotary position alone)."""
+    but each position can select its own part of m instead of telling them apart by rotary position alone) or
+    'blocks' (the same read-out started from disjoint blocks: position j reads only coordinates block (j mod
+    read_blocks) of m, spread over all D by a fixed random rotation, so m starts as read_blocks separate slots)."""
+    read_blocks: int = 16
+    """With m_readout 'blocks': how many disjoint blocks m is cut into (D / read_blocks coordinates each)."""
     ctc_slots: int = 0
     """0: the one pass has one output slot per target token, trained with position-wise cross-entropy (Paper A's
     read-out). r >= 2: it has r x N slots, trained with CTC (Graves et al. 2006) against the N target tokens, and
@@ -319,6 +323,7 @@ class EncoderConfig(StageConfig):
         _check(self.d_model % self.heads == 0, "d_model must be divisible by heads")
         _check(self.ctc_slots == 0 or self.ctc_slots >= 2, "ctc_slots must be 0 (off) or >= 2")
         _check(self.m_readout in M_READOUTS, f"m_readout must be one of {M_READOUTS}")
+        _check(self.read_blocks >= 1, "read_blocks must be >= 1")
         _check(self.context in CONTEXTS, f"context must be one of {CONTEXTS}")
         _check(self.head in HEADS, f"head must be one of {HEADS}")
         _check(self.layers >= 1 and self.max_len >= 1 and self.max_source_tokens >= 1, "sizes must be >= 1")
@@ -335,7 +340,7 @@ EncoderConfig.LEGACY = {"head": "attention"}
 
 CONTEXTS = ("none", "source", "chat")
 HEADS = ("attention", "sum")
-M_READOUTS = ("repeat", "gated")
+M_READOUTS = ("repeat", "gated", "blocks")
 
 
 @dataclass(frozen=True)

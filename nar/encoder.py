@@ -58,9 +58,16 @@ class ProtoHead(nn.Module):
         self.out_len = nn.Linear(cfg.d_model, cfg.max_len)
         slots = cfg.max_len * max(1, cfg.ctc_slots)  # output positions of the longest pass
         self.pos = nn.Parameter(torch.zeros(slots, llm_dim)) if cfg.pos_codes else None  # one code per slot
-        if cfg.m_readout == "gated":  # position j reads W (g_j * m) + b_j; the identity at the start
-            self.read_w = nn.Parameter(torch.eye(llm_dim))
-            self.read_g = nn.Parameter(torch.ones(slots, llm_dim))
+        if cfg.m_readout in ("gated", "blocks"):  # position j reads W (g_j * m) + b_j
+            w, g = torch.eye(llm_dim), torch.ones(slots, llm_dim)  # 'gated' starts at the identity: Paper A's pass
+            if cfg.m_readout == "blocks":  # disjoint blocks of m, each spread over all D by one fixed rotation
+                k = min(cfg.read_blocks, llm_dim)
+                block = torch.arange(llm_dim) * k // llm_dim  # coordinate -> its block
+                g = (block[None, :] == (torch.arange(slots) % k)[:, None]).float()
+                rot, _ = torch.linalg.qr(torch.randn(llm_dim, llm_dim, generator=torch.Generator().manual_seed(0)))
+                w = rot * k ** 0.5  # a block of m keeps the scale of the whole m
+            self.read_w = nn.Parameter(w)
+            self.read_g = nn.Parameter(g)
             self.read_b = nn.Parameter(torch.zeros(slots, llm_dim))
         self.m_readout = cfg.m_readout
         self.out_norm = cfg.out_norm
@@ -69,7 +76,7 @@ class ProtoHead(nn.Module):
         """What the m positions of the pass read: m (B, D) itself ('repeat'), or (B, slots, D), one text-independent
         linear image of m per position ('gated')."""
         if self.m_readout == "repeat":
-            return m
+            return m  # 'gated' and 'blocks' differ only in where W, g, b start
         return (m[:, None, :] * self.read_g) @ self.read_w.T + self.read_b
 
     def pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

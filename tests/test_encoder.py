@@ -107,7 +107,8 @@ def test_resume_is_bit_for_bit(tiny_llm, texts_file, tmp_path, monkeypatch):
 @pytest.mark.parametrize("extra", [dict(n_e=3), dict(pos_codes=True), dict(lora_rank=2, reader_layer=-1),
                                    dict(context="source"), dict(out_norm=2.5, n_e=2), dict(init_spread=1.0),
                                    dict(head="attention", reader_layer=-1, n_e=2), dict(m_readout="gated"),
-                                   dict(m_readout="gated", ctc_slots=2, pos_codes=True)])
+                                   dict(m_readout="gated", ctc_slots=2, pos_codes=True),
+                                   dict(m_readout="blocks", read_blocks=4)])
 def test_layout_and_reader_levers(tiny_llm, texts_file, tmp_path, extra):
     """k e-vectors, position codes and a LoRA reader: they train, round-trip exactly and generate."""
     ecfg = EncoderConfig(**{**ENC.to_dict(), **extra})
@@ -450,3 +451,17 @@ def test_gated_readout_starts_as_paper_a_and_is_a_function_of_m_alone(tiny_llm):
     assert m_in.shape == (2, cfg.max_len, d)
     assert torch.equal(enc.m_inputs(m[1:]), m_in[1:])  # row by row: no text's input depends on another's m
     assert not torch.allclose(m_in[:, 0], m_in[:, 1])  # the positions now read different images of m
+
+
+def test_block_readout_gives_each_position_its_own_part_of_m(tiny_llm):
+    """m_readout 'blocks': position j's input depends only on block (j mod read_blocks) of m at the start."""
+    from nar.encoder import make_reader
+
+    d = tiny_llm.hidden_size
+    cfg = EncoderConfig(**{**ENC.to_dict(), "m_readout": "blocks", "read_blocks": 4})
+    enc = Encoder(cfg, make_reader(cfg, tiny_llm), d, {})
+    m = torch.randn(1, d)
+    bumped = m.clone()
+    bumped[0, : d // 4] += 1.0  # change block 0 only
+    delta = (enc.m_inputs(bumped) - enc.m_inputs(m))[0].detach().norm(dim=-1)
+    assert torch.all(delta[0::4] > 0.1) and torch.all(delta[1::4] == 0) and torch.all(delta[3::4] == 0)
