@@ -274,9 +274,9 @@ class FrozenLLM:
         """Input embeddings for a batch of proto-tokens.
 
         e: (B, D), or (B, k, D) for k vectors before the m's (an encoder layout); m: (B, D) or (1, D) when
-        shared, or (B, >= n_m, D), one input per m position (`Encoder.m_inputs`); pos: optional (>= n_m, D) position codes added to the m copies (an encoder's learned,
-        text-independent offsets); context: per-text tokens (prefix included) before e, left-padded (pass
-        `forward_kwargs(context.full_mask(T))` to the model).
+        shared, or (B, >= n_m, D), one input per m position (`Encoder.m_inputs`); pos: optional (>= n_m, D)
+        position codes added to the m copies (an encoder's learned, text-independent offsets); context: per-text
+        tokens (prefix included) before e, left-padded (pass `forward_kwargs(context.full_mask(T))` to the model).
         Returns (B, len(prefix or context) + k + layout.n_m(n), D).
         """
         if e.dim() == 2:
