@@ -130,16 +130,25 @@ def _train_code(data, run, resume=False) -> str:
             f"show_progress=False)")
 
 
+@pytest.fixture(scope="module")
+def unkilled_training(tmp_path_factory, tiny_path):
+    """The training data and a run of it never killed (one subprocess shared by both kill points)."""
+    global TINY
+    TINY = tiny_path  # this module-scoped fixture runs before the autouse one that sets it
+    d = tmp_path_factory.mktemp("unkilled")
+    data = write_jsonl(d / "t.jsonl", [{"text": t} for t in TEXTS])
+    r = subprocess.run([sys.executable, "-c", _train_code(data, d / "whole")], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-1500:]
+    return data, d / "whole"
+
+
 @pytest.mark.parametrize("point", ["checkpoint.files@3", "checkpoint.swap@3"])
-def test_kill_during_checkpoint_save_then_resume_is_bit_for_bit(tmp_path, point):
+def test_kill_during_checkpoint_save_then_resume_is_bit_for_bit(tmp_path, point, unkilled_training):
     """Saves: best/ at step 0 (1st), last/ at steps 4 (2nd) and 8 (3rd). Killed inside the 3rd: last/ is the step-4
     checkpoint (files written, not swapped in) or the step-8 one (swap cut short, finished by recovery); either way
     the resumed run ends with exactly the weights of a run never killed."""
-    data = write_jsonl(tmp_path / "t.jsonl", [{"text": t} for t in TEXTS])
-    whole = tmp_path / "whole"
-    r = subprocess.run([sys.executable, "-c", _train_code(data, whole)], cwd=ROOT, capture_output=True, text=True,
-                       timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert r.returncode == 0, r.stderr[-1500:]
+    data, whole = unkilled_training
     run = tmp_path / "run"
     killed_at(point, _train_code(data, run))
     r = subprocess.run([sys.executable, "-c", _train_code(data, run, resume=True)], cwd=ROOT, capture_output=True,
