@@ -42,7 +42,7 @@ demo: setup
 # held-out STS-B dev sentences; `make stsb-autoencoder` rebuilds it into checkpoints/stsb-autoencoder.
 # The recipe: the compositional head (docs/ENCODER.md, "A compositional head"), fp32 so that every machine
 # trains the same arithmetic (emulated bf16 is 27x slower on an AVX2-only CPU).
-ENCODER_RECIPE := --max-tokens 16 --head sum --reader-layer 0 --precision fp32
+ENCODER_RECIPE := --max-tokens 16 --head sum --reader-layer 0 --d-model 384 --layers 3 --precision fp32
 ENCODER_STEPS := 300
 stsb-autoencoder: setup
 	HF_HUB_OFFLINE=1 $(BIN)/nar make-data --stsb $(STSB) --out out/data
