@@ -40,7 +40,7 @@ demo: setup
 
 # The shipped autoencoder checkpoint (docs/ENCODER.md): amortised training on STS-B train sentences,
 # held-out STS-B dev sentences; `make stsb-autoencoder` rebuilds it into checkpoints/stsb-autoencoder.
-# The recipe: the compositional head (docs/ENCODER.md, "A compositional head"), fp32 so that every machine
+# The recipe: the compositional head at d 384 x 3 (docs/ENCODER.md, "A compositional head", "Two read-outs"), fp32 so that every machine
 # trains the same arithmetic (emulated bf16 is 27x slower on an AVX2-only CPU).
 ENCODER_RECIPE := --max-tokens 16 --head sum --reader-layer 0 --d-model 384 --layers 3 --precision fp32
 ENCODER_STEPS := 300

@@ -74,7 +74,7 @@ class ProtoHead(nn.Module):
 
     def read_m(self, m: torch.Tensor) -> torch.Tensor:
         """What the m positions of the pass read: m (B, D) itself ('repeat'), or (B, slots, D), one text-independent
-        linear image of m per position ('gated')."""
+        linear image of m per position ('gated', 'blocks')."""
         if self.m_readout == "repeat":
             return m  # 'gated' and 'blocks' differ only in where W, g, b start
         return (m[:, None, :] * self.read_g) @ self.read_w.T + self.read_b
@@ -324,9 +324,10 @@ class Encoder(nn.Module):
         return (e[:, 0] if e.shape[1] == 1 else e), torch.cat(ms), ns
 
     def m_inputs(self, m: torch.Tensor) -> torch.Tensor:
-        """The m positions' inputs from the emitted m (B, D): m itself, or (B, slots, D) under m_readout 'gated'
-        (a function of m alone: the text still reaches the LLM only through e and m)."""
-        return self.head.read_m(m.to(self.device))
+        """The m positions' inputs from the emitted m (B, D): m itself (untouched, wherever it is), or (B, slots, D)
+        under m_readout 'gated' / 'blocks' (a function of m alone: the text still reaches the LLM only through e
+        and m)."""
+        return m if self.cfg.m_readout == "repeat" else self.head.read_m(m.to(self.device))
 
     def context_ids(self, sources: list[str], llm: FrozenLLM) -> list[list[int]] | None:
         """The per-text tokens this encoder puts before e in the decoding pass, or None (Paper A's input)."""

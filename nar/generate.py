@@ -24,7 +24,7 @@ def encoder_outputs(enc: Encoder, llm: FrozenLLM, sources: list[str], layout, pr
     with llm.autocast(precision):
         e, m, n = enc.predict(sources, batch_size)
     r = enc.cfg.ctc_slots
-    ids = decode_ids(llm, e, enc.m_inputs(m).cpu(), [r * k for k in n] if r else n, layout, precision=precision,
+    ids = decode_ids(llm, e, enc.m_inputs(m), [r * k for k in n] if r else n, layout, precision=precision,
                      stop_at_eos=stop_at_eos and not r, backend=backend, pos=enc.pos_codes,
                      contexts=enc.context_ids(sources, llm))
     if r:  # a CTC encoder: r x N slots, read out by merging repeats and dropping blanks
