@@ -46,6 +46,18 @@ FORMAT = "nar-encoder/1"
 """The checkpoint format this code writes and reads (config.json's "format"; absent in the first checkpoints)."""
 
 
+class _CenterGrad(torch.autograd.Function):
+    """Identity forward; backward removes the gradient's mean over the batch (dim 0)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
+        return g - g.mean(0, keepdim=True)
+
+
 class ProtoHead(nn.Module):
     """Pools the reader's token states into k + 2 vectors (`pool`), then emits e_1..e_k, m and the length."""
 
@@ -71,6 +83,14 @@ class ProtoHead(nn.Module):
             self.read_b = nn.Parameter(torch.zeros(slots, llm_dim))
         self.m_readout = cfg.m_readout
         self.out_norm = cfg.out_norm
+        self.center_grad = cfg.center_grad
+
+    def _emit(self, layer: nn.Linear, h: torch.Tensor) -> torch.Tensor:
+        """layer(h); under center_grad (training only) the weight path gets the batch-centred gradient and the
+        bias all of the shared part."""
+        if not (self.center_grad and self.training):
+            return layer(h)
+        return layer.bias + _CenterGrad.apply(nn.functional.linear(h, layer.weight))
 
     def read_m(self, m: torch.Tensor) -> torch.Tensor:
         """What the m positions of the pass read: m (B, D) itself ('repeat'), or (B, slots, D), one text-independent
@@ -87,7 +107,7 @@ class ProtoHead(nn.Module):
         """states (B, L, H), mask (B, L) True on real tokens -> e (B, k, D), m (B, D), length logits (B, max_len)."""
         h = self.pool(states, mask)
         k = self.n_e
-        e, m = self.out_e(h[:, :k]), self.out_m(h[:, k])
+        e, m = self._emit(self.out_e, h[:, :k]), self._emit(self.out_m, h[:, k])
         if self.out_norm > 0:
             e, m = (nn.functional.normalize(x, dim=-1) * self.out_norm for x in (e, m))
         return e, m, self.out_len(h[:, k + 1])

@@ -465,3 +465,27 @@ def test_block_readout_gives_each_position_its_own_part_of_m(tiny_llm):
     bumped[0, : d // 4] += 1.0  # change block 0 only
     delta = (enc.m_inputs(bumped) - enc.m_inputs(m))[0].detach().norm(dim=-1)
     assert torch.all(delta[0::4] > 0.1) and torch.all(delta[1::4] == 0) and torch.all(delta[3::4] == 0)
+
+
+def test_center_grad_sends_the_shared_pull_to_the_biases_only(tiny_llm):
+    """center_grad: same outputs; a loss whose gradient is the same for every text of the batch reaches only the
+    output biases, while a text-specific one still reaches the rest of the head."""
+    from nar.encoder import make_reader
+
+    srcs = ["a red cat", "two dogs run fast", "the sun"]
+    cfg = EncoderConfig(**{**ENC.to_dict(), "center_grad": True})
+    torch.manual_seed(0)
+    enc = Encoder(cfg, make_reader(cfg, tiny_llm), tiny_llm.hidden_size, {})
+    plain = Encoder(ENC, make_reader(ENC, tiny_llm), tiny_llm.hidden_size, {})
+    plain.head.load_state_dict(enc.head.state_dict())
+    e, m, _ = enc(srcs)
+    assert torch.allclose(e, plain(srcs)[0], atol=1e-6) and torch.allclose(m, plain(srcs)[1], atol=1e-6)
+    (e.sum() + m.sum()).backward()  # d loss / d output = 1 for every text: all shared
+    assert enc.head.out_m.bias.grad.abs().min() > 0
+    assert enc.head.out_m.weight.grad.abs().max() < 1e-6 and enc.head.inp.weight.grad.abs().max() < 1e-6
+    enc.zero_grad()
+    e, m, _ = enc(srcs)
+    (m[0].sum() - m[1].sum()).backward()  # opposite pulls on two texts: text-specific
+    assert enc.head.inp.weight.grad.abs().max() > 0
+    enc.eval()  # outside training the head is the plain one
+    assert torch.allclose(enc(srcs)[1], plain.eval()(srcs)[1], atol=1e-6)
