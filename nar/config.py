@@ -281,10 +281,10 @@ class EncoderConfig(StageConfig):
     SmolLM2's tokens have norm ~3.2, its fitted proto-tokens ~6); 0: free (an unconstrained encoder drifts to
     norm ~40, one shared direction for all texts: docs/ENCODER.md)."""
     center_grad: bool = False
-    """Train the head only on what differs between the texts of a batch: the gradient reaching e and m through
-    the output layers' weights has its batch mean removed, so the shared pull (61% of the CE gradient's energy
-    where an encoder starts, the same for every text: docs/ENCODER.md, collapse diagnosis) goes only to the
-    output biases, and the rest of the encoder learns only text-specific directions. Forward pass unchanged."""
+    """Feed the e/m output layers centred features: the pooled features minus their mean (the batch's while
+    training, a running mean kept in the checkpoint otherwise), so the part of the gradient shared by every
+    text (61% of the CE gradient's energy where an encoder starts: docs/ENCODER.md, collapse diagnosis) reaches
+    only the output biases and the output weights learn only what differs between texts."""
     init_spread: float = 0.0
     """How far apart the untrained encoder's outputs start. 0: nearly the same vectors for every text (the mean
     token embedding; the output layers scaled by 0.1). > 0: the output layers are rescaled on a sample of the

@@ -46,18 +46,6 @@ FORMAT = "nar-encoder/1"
 """The checkpoint format this code writes and reads (config.json's "format"; absent in the first checkpoints)."""
 
 
-class _CenterGrad(torch.autograd.Function):
-    """Identity forward; backward removes the gradient's mean over the batch (dim 0)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
-        return g - g.mean(0, keepdim=True)
-
-
 class ProtoHead(nn.Module):
     """Pools the reader's token states into k + 2 vectors (`pool`), then emits e_1..e_k, m and the length."""
 
@@ -84,13 +72,19 @@ class ProtoHead(nn.Module):
         self.m_readout = cfg.m_readout
         self.out_norm = cfg.out_norm
         self.center_grad = cfg.center_grad
+        if cfg.center_grad:  # running mean of the pooled e/m features, used outside training
+            self.register_buffer("h_mean", torch.zeros(cfg.n_e + 1, cfg.d_model))
 
-    def _emit(self, layer: nn.Linear, h: torch.Tensor) -> torch.Tensor:
-        """layer(h); under center_grad (training only) the weight path gets the batch-centred gradient and the
-        bias all of the shared part."""
-        if not (self.center_grad and self.training):
-            return layer(h)
-        return layer.bias + _CenterGrad.apply(nn.functional.linear(h, layer.weight))
+    def _center(self, h: torch.Tensor) -> torch.Tensor:
+        """center_grad: the e/m features (B, k + 1, d) minus their mean (the batch's in training, where the running
+        mean is updated, else the running mean), so the output weights see only what differs between texts."""
+        if self.training:
+            mean = h.mean(0)
+            with torch.no_grad():
+                self.h_mean.lerp_(mean.detach().to(self.h_mean), 0.05)
+        else:
+            mean = self.h_mean.to(h)
+        return h - mean
 
     def read_m(self, m: torch.Tensor) -> torch.Tensor:
         """What the m positions of the pass read: m (B, D) itself ('repeat'), or (B, slots, D), one text-independent
@@ -107,7 +101,8 @@ class ProtoHead(nn.Module):
         """states (B, L, H), mask (B, L) True on real tokens -> e (B, k, D), m (B, D), length logits (B, max_len)."""
         h = self.pool(states, mask)
         k = self.n_e
-        e, m = self._emit(self.out_e, h[:, :k]), self._emit(self.out_m, h[:, k])
+        em = self._center(h[:, : k + 1]) if self.center_grad else h[:, : k + 1]
+        e, m = self.out_e(em[:, :k]), self.out_m(em[:, k])
         if self.out_norm > 0:
             e, m = (nn.functional.normalize(x, dim=-1) * self.out_norm for x in (e, m))
         return e, m, self.out_len(h[:, k + 1])
