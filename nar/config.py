@@ -70,6 +70,11 @@ class FitConfig(StageConfig):
     'tokens': e and m start at the mean of the target's own token embeddings plus 'embed_std' noise;
     'teacher' (build-corpus): e starts at a fixed projection of the text's teacher embedding, scaled to
     a token's norm, m as 'embed_std'. The projection is one frame for the whole corpus."""
+    init_noise: str = "text"
+    """Whose noise a start gets: 'text' (seeded by the text: two texts start at unrelated points, and so do their
+    solutions, paraphrases included) or 'shared' (one noise vector for every text: with init 'tokens' the start
+    is a smooth function of the text, and fitted solutions of paraphrases come out closer:
+    scripts/smooth_probe.py, docs/ENCODER.md; a candidate regression target for `train-encoder CORPUS`)."""
     lr: float = 3e-2
     """AdamW (peak) learning rate (Paper A: 1e-2 constant; measured faster here: 3e-2 with the cosine schedule)."""
     lr_schedule: str = "cosine"
@@ -119,6 +124,7 @@ class FitConfig(StageConfig):
         _check(self.lr > 0, "lr must be > 0")
         _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "betas must be in [0, 1)")
         _check(self.weight_decay >= 0, "weight_decay must be >= 0")
+        _check(self.init_noise in ("text", "shared"), "init_noise must be 'text' or 'shared'")
         _check(self.init in ("embed_std", "randn", "tokens", "teacher"),
                "init must be 'embed_std', 'randn', 'tokens' or 'teacher'")
         _check(self.lr_schedule in ("constant", "cosine"), "lr_schedule must be 'constant' or 'cosine'")

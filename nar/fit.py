@@ -109,8 +109,9 @@ def initial_vectors(llm: FrozenLLM, item: FitItem, cfg: FitConfig) -> tuple[torc
     """(e, m) a text starts from: the item's own init_e/init_m where given, else cfg.init. Both (D,)."""
     dim = llm.hidden_size
     scale = llm.embed_std if cfg.init in ("embed_std", "tokens", "teacher") else 1.0
-    e = init_vector(item.seed_key + "/e", cfg.seed, dim, scale)
-    m = init_vector(item.seed_key + "/m", cfg.seed, dim, scale)
+    key = "shared" if cfg.init_noise == "shared" else item.seed_key
+    e = init_vector(key + "/e", cfg.seed, dim, scale)
+    m = init_vector(key + "/m", cfg.seed, dim, scale)
     if cfg.init == "tokens":
         with torch.no_grad():
             mean = llm.model.get_input_embeddings()(torch.tensor(item.ids, device=llm.device)).float().mean(0).cpu()

@@ -152,6 +152,20 @@ def test_token_init_starts_at_mean_token_embedding(tiny_llm):
     assert r.converged
 
 
+def test_shared_init_noise_makes_the_start_a_function_of_the_tokens_alone(tiny_llm):
+    """init_noise 'shared': every text gets the same noise, so two texts' starts differ exactly by the difference
+    of their mean token embeddings (with 'text' they also differ by unrelated noise)."""
+    from nar.fit import initial_vectors
+
+    emb = tiny_llm.model.get_input_embeddings()
+    a, b = (tiny_llm.encode(t) for t in TEXTS[:2])
+    gap = (emb(torch.tensor(a)).float().mean(0) - emb(torch.tensor(b)).float().mean(0)).detach()
+    for noise, same in (("shared", True), ("text", False)):
+        cfg = FitConfig(init="tokens", init_noise=noise)
+        (ea, ma), (eb, mb) = (initial_vectors(tiny_llm, FitItem(k, ids), cfg) for k, ids in (("a", a), ("b", b)))
+        assert torch.allclose(ea - eb, gap, atol=1e-5) is same and torch.allclose(ma - mb, gap, atol=1e-5) is same
+
+
 def test_configs_saved_before_the_schedule_existed_keep_their_constant_lr():
     old = FitConfig.from_dict({"lr": 0.01, "init": "teacher", "unknown_future_field": 1})
     assert old.lr_schedule == "constant" and old.warmup_steps == 0 and old.lr == 0.01
