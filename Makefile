@@ -61,10 +61,10 @@ story-data: setup
 		--out out/data/story-train.jsonl
 	HF_HUB_OFFLINE=1 $(BIN)/nar make-pairs out/data/stsb-dev.jsonl $(STORY) --limit 500 --out out/data/story-dev.jsonl
 
-# One pytest worker per CPU core (pytest-xdist); a test file stays on one worker, so the real-model tests of
-# tests/test_smollm2.py dequantise SmolLM2 once. `$(BIN)/python -m pytest` alone runs the suite serially.
+# Serial on purpose: pytest-xdist with one worker per core (-n auto --dist loadfile) was measured slower on 2
+# cores (6 min 34 s against ~5 min; each worker's torch threads compete), 2026-12-01.
 test: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n auto --dist loadfile
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 bench: setup  ## every benchmark in its --quick mode (each < 10 min on 2 cores)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/fit_throughput.py --quick
