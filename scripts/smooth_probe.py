@@ -52,7 +52,7 @@ def main() -> None:
     a = ap.parse_args()
 
     from nar.config import FitConfig
-    from nar.fit import FitItem, fit_stream, init_vector
+    from nar.fit import FitItem, fit_stream, init_vector, initial_vectors
     from nar.llm import load_llm
     from nar.teacher import load_teacher
 
@@ -83,7 +83,6 @@ def main() -> None:
         starts = {}
         for it in items:
             if it.init_e is None:
-                from nar.fit import initial_vectors
                 starts[it.key] = torch.cat(initial_vectors(llm, it, cfg))
             else:
                 starts[it.key] = torch.cat([it.init_e, it.init_m])
