@@ -72,20 +72,13 @@ def main() -> None:
     noise = [init_vector("shared/" + k, cfg.seed, llm.hidden_size, llm.embed_std) for k in ("e", "m")]
     out = {"texts": len(texts), "max_steps": a.max_steps, "teacher": pair_stats(t, teacher_sim)}
     for start in ("seeded", "tokens", "common"):
-        items = []
-        for i, text in enumerate(texts):
-            ids = llm.encode(text)
-            if start == "seeded":
-                items.append(FitItem(key=str(i), ids=ids, init_key=text))
-                continue
-            base = emb[ids].mean(0) if start == "tokens" else emb.mean(0)
-            items.append(FitItem(key=str(i), ids=ids, init_e=base + noise[0], init_m=base + noise[1]))
-        starts = {}
-        for it in items:
-            if it.init_e is None:
-                starts[it.key] = torch.cat(initial_vectors(llm, it, cfg))
-            else:
-                starts[it.key] = torch.cat([it.init_e, it.init_m])
+        # seeded / tokens: FitConfig's own 'tokens' start with per-text or shared noise (--init-noise)
+        cfg = cfg.replace(init_noise="shared" if start == "tokens" else "text")
+        items = [FitItem(key=str(i), ids=llm.encode(text), init_key=text) for i, text in enumerate(texts)]
+        if start == "common":
+            for it in items:
+                it.init_e, it.init_m = emb.mean(0) + noise[0], emb.mean(0) + noise[1]
+        starts = {it.key: torch.cat(initial_vectors(llm, it, cfg)) for it in items}
         res = {r.key: r for r in fit_stream(llm, items, cfg)}
         sol = torch.stack([torch.cat([res[str(i)].e, res[str(i)].m]).float() for i in range(len(texts))])
         st = torch.stack([starts[str(i)].float() for i in range(len(texts))])
