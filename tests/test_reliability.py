@@ -7,6 +7,7 @@ that point, no cleanup; then the state on disk is checked and the same job is ru
 import errno
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -232,19 +233,35 @@ BAD_INPUTS = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_is_one_line_and_exit_1(tmp_path, case):
-    data, message = BAD_INPUTS[case]
-    (tmp_path / "in.jsonl").write_bytes(data)
-    r = _nar("build-corpus", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "c"), "--model", str(TINY),
-             "--json")
-    assert r.returncode == 1
-    assert json.loads(r.stdout)["error"]  # --json: the error as JSON on stdout ...
-    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1  # ... and one line on stderr
-    import re
+def _check_one_line_error(code, stdout, stderr, case, out):
+    assert code == 1
+    assert json.loads(stdout)["error"]  # --json: the error as JSON on stdout ...
+    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1  # ... and one line on stderr
+    assert re.search(BAD_INPUTS[case][1], " ".join(stderr.split())), stderr
+    assert not (out / "shards").exists()  # nothing written
 
-    assert re.search(message, " ".join(r.stderr.split())), r.stderr
-    assert not (tmp_path / "c" / "shards").exists()  # nothing written
+
+def _bad_input_args(tmp_path, case):
+    (tmp_path / "in.jsonl").write_bytes(BAD_INPUTS[case][0])
+    return ["build-corpus", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "c"), "--model", str(TINY), "--json"]
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_line_and_exit_1(tmp_path, case, monkeypatch, capsys):
+    """The console entry point in this process (the same code path as the installed `nar`, without paying a fresh
+    interpreter's imports per case); the test below runs one case as a real `nar` process."""
+    from cli.main import main
+
+    monkeypatch.setattr(sys, "argv", ["nar", *_bad_input_args(tmp_path, case)])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    captured = capsys.readouterr()
+    _check_one_line_error(exit_.value.code, captured.out, captured.err, case, tmp_path / "c")
+
+
+def test_bad_input_in_a_real_process_is_one_line_and_exit_1(tmp_path):
+    r = _nar(*_bad_input_args(tmp_path, "latin1"))
+    _check_one_line_error(r.returncode, r.stdout, r.stderr, "latin1", tmp_path / "c")
 
 
 def test_rows_without_the_column_are_counted_and_warned(tiny_llm, teacher, tmp_path, caplog):

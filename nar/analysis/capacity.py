@@ -13,21 +13,17 @@ output folder at once, and a re-run with the same settings skips what is there (
 
 from __future__ import annotations
 
-import hashlib
-import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
-from nar.analysis.report import figure, save_figure, write_report
+from nar.analysis.report import RowLog, figure, save_figure, write_report
 from nar.config import CapacityConfig, FitConfig
 from nar.fit import FitItem, fit_stream, fp32_checked, init_vector, initial_vectors, lr_at, make_layout
 from nar.llm import FrozenLLM
 from nar.losses import reconstruction_loss
-
-ROWS = "capacity-rows.jsonl"
 
 
 def _row(mode: str, text: int, n: int, acc: float, steps: int, seconds: float, threshold: float) -> dict:
@@ -124,11 +120,6 @@ def plot_capacity(rows: list[dict], path: str | Path, threshold: float) -> None:
     save_figure(fig, path, ylabel="token accuracy")
 
 
-def _settings_hash(llm: FrozenLLM, texts: list[str], fit: FitConfig, threshold: float) -> str:
-    blob = json.dumps([llm.fingerprint, texts, fit.to_dict(), threshold], sort_keys=True)
-    return hashlib.blake2b(blob.encode(), digest_size=8).hexdigest()
-
-
 def run_capacity(out_dir: str | Path, cfg: CapacityConfig = CapacityConfig(), *, llm: FrozenLLM,
                  texts: list[str] | None = None, fit: FitConfig | None = None, on_result=None) -> dict:
     """The `nar analyze capacity` job: `cfg.texts` long bundled texts (or `texts`), fitted with cfg's fit
@@ -139,15 +130,11 @@ def run_capacity(out_dir: str | Path, cfg: CapacityConfig = CapacityConfig(), *,
     texts = texts or long_texts(llm, cfg.texts, max(ns))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    key = _settings_hash(llm, texts, fit, threshold)
-    rows_file = out / ROWS
-    done = []
-    if rows_file.is_file():
-        done = [r for r in map(json.loads, rows_file.read_text().splitlines()) if r.get("settings") == key]
+    log = RowLog(out, "capacity", [llm.fingerprint, texts, fit.to_dict(), threshold])
+    done = log.rows()
 
     def record(row: dict) -> None:
-        with rows_file.open("a") as f:
-            f.write(json.dumps({**row, "settings": key}) + "\n")
+        log.record(row)
         if on_result:
             on_result(row)
 
@@ -158,9 +145,7 @@ def run_capacity(out_dir: str | Path, cfg: CapacityConfig = CapacityConfig(), *,
     if "shared" in modes:
         capacity_shared(llm, texts, ns, fit, threshold, on_result=record,
                         skip={r["n"] for r in done if r["mode"] == "shared"})
-    rows = [r for r in map(json.loads, rows_file.read_text().splitlines()) if r.get("settings") == key]
-    rows = sorted(({k: v for k, v in r.items() if k != "settings"} for r in rows),
-                  key=lambda x: (x["mode"], x["text"], x["n"]))
+    rows = sorted(log.rows(), key=lambda x: (x["mode"], x["text"], x["n"]))
     plot_capacity(rows, out / "capacity.png", threshold)
     per_mode = {mode: largest_n([r for r in rows if r["mode"] == mode]) for mode in modes}
     summary = {"llm": llm.fingerprint, "config": cfg.to_dict(), "texts": len(texts), "ns": ns, "threshold": threshold,
@@ -170,4 +155,4 @@ def run_capacity(out_dir: str | Path, cfg: CapacityConfig = CapacityConfig(), *,
                **{f"largest_n_{stat}{'' if mode == 'per-text' else '_shared'}": (f(best.values()) if best else None)
                   for mode, best in per_mode.items() for stat, f in (("median", statistics.median), ("max", max))}}
     files = write_report(out, "capacity", summary, rows)
-    return {**summary, "rows": rows, "files": {**files, "png": str(out / "capacity.png"), "rows": str(rows_file)}}
+    return {**summary, "rows": rows, "files": {**files, "png": str(out / "capacity.png"), "rows": str(log.path)}}

@@ -5,7 +5,8 @@ theta = (e, m). Line: theta(t) = (1-t) theta_a + t theta_b.
 Curve: theta(t) = (1-t)^2 theta_a + 2 t (1-t) c + t^2 theta_b, with c trained (AdamW) to minimise the
 mean reconstruction cross-entropy at random t in [0, 1], starting at the midpoint of the line, until every
 grid point of the curve decodes the text exactly (checked every `check_every` steps) or the step budget ends.
-Accuracies along both paths are those of the default decoding (fp32).
+Accuracies along both paths are those of the default decoding (fp32). Texts are done one at a time and each
+finished one is appended to `connectivity-rows.jsonl` in the output folder, so a killed job resumes where it was.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nar.analysis.report import figure, save_figure, write_report
+from nar.analysis.report import RowLog, figure, save_figure, write_report
 from nar.config import ConnectivityConfig, FitConfig
 from nar.decode import decode_ids, token_accuracy
 from nar.fit import FitItem, fit_stream, make_layout
@@ -63,14 +64,16 @@ def path_accuracy(llm: FrozenLLM, ids: list[int], E: torch.Tensor, M: torch.Tens
 
 
 def connectivity(llm: FrozenLLM, texts: list[str], cfg: FitConfig, layout: Layout, *, seeds=(0, 1),
-                 grid: int = 11, curve_steps: int = 200) -> list[dict]:
-    """For each text: fit two solutions from different seeds, then accuracy along the line and the curve."""
-    items = [FitItem(key=f"{i}/{s}", ids=llm.encode(t), init_key=f"{t}#seed{s}") for i, t in enumerate(texts)
-             for s in seeds]
-    sols = {r.key: r for r in fit_stream(llm, items, cfg)}
+                 grid: int = 11, curve_steps: int = 200, skip: set[int] = frozenset(), on_result=None) -> list[dict]:
+    """For each text (its index not in `skip`): fit two solutions from different seeds, then accuracy along the
+    line and the curve; on_result(row) as each text finishes (one text at a time, so a long job can resume)."""
     ts = torch.linspace(0, 1, grid)
     rows = []
     for i, text in enumerate(texts):
+        if i in skip:
+            continue
+        items = [FitItem(key=f"{i}/{s}", ids=llm.encode(text), init_key=f"{text}#seed{s}") for s in seeds]
+        sols = {r.key: r for r in fit_stream(llm, items, cfg)}
         ra, rb = sols[f"{i}/{seeds[0]}"], sols[f"{i}/{seeds[1]}"]
         ids = ra.token_ids
         line_e = (1 - ts)[:, None] * ra.e + ts[:, None] * rb.e
@@ -79,12 +82,14 @@ def connectivity(llm: FrozenLLM, texts: list[str], cfg: FitConfig, layout: Layou
         c_e, c_m, used = train_control_point(llm, ids, (ra.e, ra.m), (rb.e, rb.m), layout, steps=curve_steps,
                                              precision=cfg.precision, grid=grid)
         curve = path_accuracy(llm, ids, bezier(ra.e, c_e, rb.e, ts), bezier(ra.m, c_m, rb.m, ts), layout)
-        rows.append({"text": text, "n_tokens": len(ids), "acc_a": ra.accuracy, "acc_b": rb.accuracy,
+        rows.append({"index": i, "text": text, "n_tokens": len(ids), "acc_a": ra.accuracy, "acc_b": rb.accuracy,
                      "cos_e_ab": float(F.cosine_similarity(ra.e, rb.e, dim=0)),
                      "cos_m_ab": float(F.cosine_similarity(ra.m, rb.m, dim=0)),
                      "line_min_acc": min(line), "curve_min_acc": min(curve), "curve_steps": used,
                      "connected": min(curve) >= 1.0 and min(ra.accuracy, rb.accuracy) >= 1.0,
                      "line": line, "curve": curve})
+        if on_result:
+            on_result(rows[-1])
     return rows
 
 
@@ -110,14 +115,18 @@ def run_connectivity(out_dir: str | Path, cfg: ConnectivityConfig = Connectivity
         file = path("demo.txt") if cfg.file is None else Path(cfg.file)
         texts = [x for x in file.read_text(encoding="utf-8").splitlines() if x.strip()][: cfg.texts]
     layout = make_layout(llm, fit)
-    rows = connectivity(llm, texts, fit, layout, grid=cfg.grid, curve_steps=cfg.curve_steps)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    log = RowLog(out, "connectivity", [llm.fingerprint, texts, fit.to_dict(), cfg.grid, cfg.curve_steps])
+    connectivity(llm, texts, fit, layout, grid=cfg.grid, curve_steps=cfg.curve_steps,
+                 skip={r["index"] for r in log.rows()}, on_result=log.record)
+    rows = sorted(log.rows(), key=lambda r: r["index"])
     plot_paths(rows, out / "connectivity.png")
-    summary = {"texts": len(rows), "llm": llm.fingerprint, "config": cfg.to_dict(), "fit_config": fit.to_dict(),
+    summary = {"texts": len(rows), "resumed_rows": log.resumed, "llm": llm.fingerprint, "config": cfg.to_dict(),
+               "fit_config": fit.to_dict(),
                "mean_line_min_acc": float(np.mean([r["line_min_acc"] for r in rows])),
                "mean_curve_min_acc": float(np.mean([r["curve_min_acc"] for r in rows])),
                "connected": sum(r["connected"] for r in rows)}
     flat = [{k: v for k, v in r.items() if k not in ("line", "curve")} for r in rows]
     files = write_report(out, "connectivity", {**summary, "paths": rows}, flat)
-    return {**summary, "rows": flat, "files": {**files, "png": str(out / "connectivity.png")}}
+    return {**summary, "rows": flat, "files": {**files, "png": str(out / "connectivity.png"), "rows": str(log.path)}}

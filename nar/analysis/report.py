@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -22,6 +23,30 @@ def write_report(out_dir: str | Path, name: str, summary: dict, rows: list[dict]
         w.writerows(rows)
         atomic_write_text(cpath, buf.getvalue())
     return {"json": str(jpath), "csv": str(cpath)}
+
+
+class RowLog:
+    """The rows a long analysis has finished, one JSON line each in `<out>/<name>-rows.jsonl`, appended as each
+    finishes, so a killed job loses at most the row in progress. Rows carry the hash of the settings they were
+    made with (`settings`: anything JSON can hold that decides the results); a re-run with other settings
+    ignores the old rows instead of mixing them in."""
+
+    def __init__(self, out_dir: str | Path, name: str, settings) -> None:
+        self.path = Path(out_dir) / f"{name}-rows.jsonl"
+        blob = json.dumps(settings, sort_keys=True, default=str)
+        self.key = hashlib.blake2b(blob.encode(), digest_size=8).hexdigest()
+        self.resumed = len(self.rows())
+
+    def rows(self) -> list[dict]:
+        """Every row of these settings on disk (without the settings hash), in the order written."""
+        if not self.path.is_file():
+            return []
+        rows = [json.loads(x) for x in self.path.read_text().splitlines() if x.strip()]
+        return [{k: v for k, v in r.items() if k != "settings"} for r in rows if r.get("settings") == self.key]
+
+    def record(self, row: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps({**row, "settings": self.key}, default=float) + "\n")
 
 
 def figure():
