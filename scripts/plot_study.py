@@ -1,0 +1,56 @@
+"""Plot study runs' periodic held-out token accuracy and training CE against the step, from their TensorBoard logs.
+
+    python scripts/plot_study.py OUT.png RUN [RUN ...]      # RUN: a name under out/study/ or a run folder
+
+The periodic validation is the first 200 held-out STS-B dev sentences (docs/ENCODER.md, "Set-up"); the CE curve
+is smoothed over 25 steps.
+"""
+
+import sys
+from pathlib import Path
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from nar.analysis.report import figure, save_figure
+
+
+def scalars(run: Path, tag: str) -> list[tuple[int, float]]:
+    ea = EventAccumulator(str(run / "tb"))
+    ea.Reload()
+    return [(x.step, x.value) for x in ea.Scalars(tag)] if tag in ea.Tags()["scalars"] else []
+
+
+def smooth(points: list[tuple[int, float]], k: int = 25) -> list[tuple[int, float]]:
+    out = []
+    for i, (step, _) in enumerate(points):
+        window = points[max(0, i - k + 1):i + 1]
+        out.append((step, sum(v for _, v in window) / len(window)))
+    return out
+
+
+def main() -> None:
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
+    out, runs = sys.argv[1], [Path(r) if Path(r).is_dir() else Path("out/study") / r for r in sys.argv[2:]]
+    plt = figure()
+    fig, (acc_ax, ce_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for k, run in enumerate(runs):
+        val = scalars(run, "encoder/val_token_acc")
+        ce = smooth(scalars(run, "encoder/loss_ce"))
+        if val:
+            acc_ax.plot(*zip(*val), marker="o", color=f"C{k}", label=run.name)
+        if ce:
+            ce_ax.plot(*zip(*ce), color=f"C{k}", label=run.name)
+    acc_ax.set_xlabel("step")
+    acc_ax.set_ylabel("held-out token accuracy (periodic, 200)")
+    ce_ax.set_xlabel("step")
+    ce_ax.set_ylabel("training CE (25-step mean)")
+    for ax in (acc_ax, ce_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    save_figure(fig, out)
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
