@@ -167,26 +167,23 @@ def test_capacity_and_connectivity(tiny_llm, tmp_path, monkeypatch):
     again = run_capacity(tmp_path / "cap", CapacityConfig(ns=(2, 4, 8), m="both"), llm=tiny_llm, fit=cfg,
                          texts=texts, on_result=fitted.append)  # resumed: nothing is fitted twice
     assert len(fitted) == 12 and again["resumed_rows"] == 12 and again["rows"] == res["rows"]
-    con = ConnectivityConfig(curve_steps=30, grid=5)
-    res = run_connectivity(tmp_path / "con", con, llm=tiny_llm, fit=cfg, texts=["the cat sat on the mat"])
+    con, two = ConnectivityConfig(curve_steps=30, grid=5), ["the cat sat on the mat", "a dog ran in the park"]
+    import nar.analysis.connectivity as conn
+
+    fitted_texts, real_fit = [], conn.fit_stream
+    monkeypatch.setattr(conn, "fit_stream", lambda llm, items, c: (fitted_texts.append(items[0].ids),
+                                                                   real_fit(llm, items, c))[1])
+    res = run_connectivity(tmp_path / "con", con, llm=tiny_llm, fit=cfg, texts=two)
     r = res["rows"][0]
     assert r["acc_a"] == 1.0 and r["acc_b"] == 1.0 and res["resumed_rows"] == 0
     assert {"line_min_acc", "curve_min_acc", "cos_e_ab"} <= set(r)
     assert (tmp_path / "con" / "connectivity.png").is_file()
+    assert len(fitted_texts) == 2 and [x["index"] for x in res["rows"]] == [0, 1]
     # each finished text is on disk at once; a re-run of the same job fits nothing again (a killed one: only the rest)
-    import nar.analysis.connectivity as conn
-
-    fitted_texts = []
-    real_fit = conn.fit_stream
-    monkeypatch.setattr(conn, "fit_stream", lambda llm, items, c: (fitted_texts.append(items[0].ids),
-                                                                   real_fit(llm, items, c))[1])
-    more = run_connectivity(tmp_path / "con", con, llm=tiny_llm, fit=cfg,
-                            texts=["the cat sat on the mat", "a dog ran in the park"])
-    assert more["resumed_rows"] == 0  # other texts, other settings: the old row is not mixed in
-    assert len(fitted_texts) == 2 and [x["index"] for x in more["rows"]] == [0, 1]
-    again = run_connectivity(tmp_path / "con", con, llm=tiny_llm, fit=cfg,
-                             texts=["the cat sat on the mat", "a dog ran in the park"])
-    assert again["resumed_rows"] == 2 and len(fitted_texts) == 2 and again["rows"] == more["rows"]
+    again = run_connectivity(tmp_path / "con", con, llm=tiny_llm, fit=cfg, texts=two)
+    other = run_connectivity(tmp_path / "con", con, llm=tiny_llm, fit=cfg, texts=two[:1])
+    assert other["resumed_rows"] == 0 and len(fitted_texts) == 3  # other settings: the old rows are not mixed in
+    assert again["resumed_rows"] == 2 and again["rows"] == res["rows"]
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw"])
