@@ -14,10 +14,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from nar.analysis.report import figure, save_figure
 
 
-def scalars(run: Path, tag: str) -> list[tuple[int, float]]:
+def scalars(run: Path, *tags: str) -> list[list[tuple[int, float]]]:
+    """Each tag's (step, value) points from the run's TensorBoard log, read once ([] for a tag it lacks)."""
     ea = EventAccumulator(str(run / "tb"))
     ea.Reload()
-    return [(x.step, x.value) for x in ea.Scalars(tag)] if tag in ea.Tags()["scalars"] else []
+    have = ea.Tags()["scalars"]
+    return [[(x.step, x.value) for x in ea.Scalars(t)] if t in have else [] for t in tags]
 
 
 def smooth(points: list[tuple[int, float]], k: int = 25) -> list[tuple[int, float]]:
@@ -35,8 +37,8 @@ def main() -> None:
     plt = figure()
     fig, (acc_ax, ce_ax) = plt.subplots(1, 2, figsize=(10, 4))
     for k, run in enumerate(runs):
-        val = scalars(run, "encoder/val_token_acc")
-        ce = smooth(scalars(run, "encoder/loss_ce"))
+        val, ce = scalars(run, "encoder/val_token_acc", "encoder/loss_ce")
+        ce = smooth(ce)
         if val:
             acc_ax.plot(*zip(*val), marker="o", color=f"C{k}", label=run.name)
         if ce:
