@@ -20,6 +20,7 @@ from nar.build import build_corpus
 from nar.config import BuildConfig, EncoderConfig, FitConfig, PairsConfig, TrainConfig
 from nar.encoder import Encoder
 from nar.errors import NarError
+from nar.train import train_encoder
 
 from .conftest import TINY_CORPUS
 
@@ -123,38 +124,44 @@ TRAIN = dict(batch_size=4, lr=3e-3, warmup=2, precision="fp32", max_tokens=16, s
 ENC = EncoderConfig(d_model=32, layers=1, heads=2, dropout=0.0, max_len=16)
 
 
-def _train_code(data, run, resume=False) -> str:
+def _train_code(data, run) -> str:
     return (f"import torch; torch.set_num_threads(1); from nar.train import train_encoder; "
             f"from nar.config import TrainConfig, EncoderConfig; from nar.llm import load_llm; "
-            f"train_encoder({str(data)!r}, TrainConfig(run_dir={str(run)!r}, resume={resume}, val_frac=0.25, "
+            f"train_encoder({str(data)!r}, TrainConfig(run_dir={str(run)!r}, val_frac=0.25, "
             f"**{TRAIN!r}), EncoderConfig(**{ENC.to_dict()!r}), llm=load_llm({str(TINY)!r}, device='cpu'), "
             f"show_progress=False)")
 
 
+def _train_here(data, run, llm, resume=False) -> None:
+    """The same training as `_train_code`, in this process (one thread, as in the child): only a run that must
+    die needs a process of its own."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_encoder(data, TrainConfig(run_dir=str(run), resume=resume, val_frac=0.25, **TRAIN), ENC, llm=llm,
+                      show_progress=False)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
-def unkilled_training(tmp_path_factory, tiny_path):
-    """The training data and a run of it never killed (one subprocess shared by both kill points)."""
-    global TINY
-    TINY = tiny_path  # this module-scoped fixture runs before the autouse one that sets it
+def unkilled_training(tmp_path_factory, tiny_llm):
+    """The training data and a run of it never killed (shared by both kill points)."""
     d = tmp_path_factory.mktemp("unkilled")
     data = write_jsonl(d / "t.jsonl", [{"text": t} for t in TEXTS])
-    r = subprocess.run([sys.executable, "-c", _train_code(data, d / "whole")], cwd=ROOT, capture_output=True,
-                       text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert r.returncode == 0, r.stderr[-1500:]
+    _train_here(data, d / "whole", tiny_llm)
     return data, d / "whole"
 
 
 @pytest.mark.parametrize("point", ["checkpoint.files@3", "checkpoint.swap@3"])
-def test_kill_during_checkpoint_save_then_resume_is_bit_for_bit(tmp_path, point, unkilled_training):
+def test_kill_during_checkpoint_save_then_resume_is_bit_for_bit(tmp_path, point, unkilled_training, tiny_llm):
     """Saves: best/ at step 0 (1st), last/ at steps 4 (2nd) and 8 (3rd). Killed inside the 3rd: last/ is the step-4
     checkpoint (files written, not swapped in) or the step-8 one (swap cut short, finished by recovery); either way
     the resumed run ends with exactly the weights of a run never killed."""
     data, whole = unkilled_training
     run = tmp_path / "run"
     killed_at(point, _train_code(data, run))
-    r = subprocess.run([sys.executable, "-c", _train_code(data, run, resume=True)], cwd=ROOT, capture_output=True,
-                       text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert r.returncode == 0, r.stderr[-1500:]
+    _train_here(data, run, tiny_llm, resume=True)
     from safetensors.torch import load_file
 
     a, b = load_file(str(whole / "last" / "model.safetensors")), load_file(str(run / "last" / "model.safetensors"))
