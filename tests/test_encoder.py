@@ -102,6 +102,20 @@ def test_resume_is_bit_for_bit(tiny_llm, texts_file, tmp_path, monkeypatch):
                             enc, llm=tiny_llm, show_progress=False)["encoder"]
     a, b = whole.state_tensors(), resumed.state_tensors()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # a finished run resumed with a larger --steps trains only the new steps (a warm restart of the schedule)
+    steps_run = []
+
+    def counted(*a, **k):
+        steps_run.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(train_mod, "losses", counted)
+    longer = train_encoder(texts_file / "train.jsonl", TrainConfig(run_dir=str(tmp_path / "b"), resume=True,
+                                                                   **{**kw, "steps": 36}),
+                           enc, llm=tiny_llm, show_progress=False)["encoder"]
+    assert len(steps_run) == 6
+    assert json.loads((tmp_path / "b" / "last" / "config.json").read_text())["train_state"]["step"] == 36
+    assert not all(torch.equal(a[k], longer.state_tensors()[k]) for k in a)
 
 
 @pytest.mark.parametrize("extra", [dict(n_e=3), dict(pos_codes=True), dict(lora_rank=2, reader_layer=-1),
