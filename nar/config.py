@@ -415,7 +415,8 @@ class TrainConfig(StageConfig):
     seed: int = 0
     """Seed of the split, the head's init and the batches."""
     resume: bool = False
-    """Continue from run_dir/last (same config): bit-for-bit the run that was not interrupted."""
+    """Continue from run_dir/last (same config): bit-for-bit the run that was not interrupted. With a larger
+    --steps a finished run trains on to the new total under the schedule of the new total (a warm restart)."""
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1 and self.batch_size >= 1, "steps and batch_size must be >= 1")
