@@ -105,9 +105,9 @@ def test_resume_is_bit_for_bit(tiny_llm, texts_file, tmp_path, monkeypatch):
     # a finished run resumed with a larger --steps trains only the new steps (a warm restart of the schedule)
     steps_run = []
 
-    def counted(*a, **k):
+    def counted(*args, **kwargs):
         steps_run.append(1)
-        return real(*a, **k)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(train_mod, "losses", counted)
     longer = train_encoder(texts_file / "train.jsonl", TrainConfig(run_dir=str(tmp_path / "b"), resume=True,
