@@ -85,3 +85,16 @@ def nan_at_first_step(monkeypatch, slot: int) -> None:
         return rec
 
     monkeypatch.setattr(fit_mod, "reconstruction_loss", flaky)
+
+
+def record_calls(monkeypatch, module, name: str) -> list[tuple]:
+    """Wrap `module.name` so that each call's positional arguments are appended to the returned list; the real
+    function still runs."""
+    real, calls = getattr(module, name), []
+
+    def recorded(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, recorded)
+    return calls

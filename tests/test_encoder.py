@@ -13,7 +13,7 @@ from nar.evaluate import eval_encoder, score
 from nar.generate import generate
 from nar.train import train_encoder
 
-from .conftest import TINY_CORPUS, build_tiny_llm
+from .conftest import TINY_CORPUS, build_tiny_llm, record_calls
 
 FIT = dict(precision="fp32", lr=5e-2, max_steps=300, num_slots=8)
 ENC = EncoderConfig(d_model=64, layers=1, heads=4, dropout=0.0, max_len=16)
@@ -103,13 +103,7 @@ def test_resume_is_bit_for_bit(tiny_llm, texts_file, tmp_path, monkeypatch):
     a, b = whole.state_tensors(), resumed.state_tensors()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # a finished run resumed with a larger --steps trains only the new steps (a warm restart of the schedule)
-    steps_run = []
-
-    def counted(*args, **kwargs):
-        steps_run.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "losses", counted)
+    steps_run = record_calls(monkeypatch, train_mod, "losses")
     longer = train_encoder(texts_file / "train.jsonl", TrainConfig(run_dir=str(tmp_path / "b"), resume=True,
                                                                    **{**kw, "steps": 36}),
                            enc, llm=tiny_llm, show_progress=False)["encoder"]

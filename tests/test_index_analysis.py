@@ -19,7 +19,7 @@ from nar.errors import NarError
 from nar.index import build_index, load_index
 from nar.search import neighbors, recall_at_k
 
-from .conftest import TINY_CORPUS
+from .conftest import TINY_CORPUS, record_calls
 
 FIT = dict(precision="fp32", lr=5e-2, max_steps=300, num_slots=4)
 
@@ -170,19 +170,17 @@ def test_capacity_and_connectivity(tiny_llm, tmp_path, monkeypatch):
     con, two = ConnectivityConfig(curve_steps=30, grid=5), ["the cat sat on the mat", "a dog ran in the park"]
     import nar.analysis.connectivity as conn
 
-    fitted_texts, real_fit = [], conn.fit_stream
-    monkeypatch.setattr(conn, "fit_stream", lambda llm, items, c: (fitted_texts.append(items[0].ids),
-                                                                   real_fit(llm, items, c))[1])
+    fit_calls = record_calls(monkeypatch, conn, "fit_stream")
     res = run_connectivity(tmp_path / "con", con, llm=tiny_llm, fit=cfg, texts=two)
     r = res["rows"][0]
     assert r["acc_a"] == 1.0 and r["acc_b"] == 1.0 and res["resumed_rows"] == 0
     assert {"line_min_acc", "curve_min_acc", "cos_e_ab"} <= set(r)
     assert (tmp_path / "con" / "connectivity.png").is_file()
-    assert len(fitted_texts) == 2 and [x["index"] for x in res["rows"]] == [0, 1]
+    assert len(fit_calls) == 2 and [x["index"] for x in res["rows"]] == [0, 1]
     # each finished text is on disk at once; a re-run of the same job fits nothing again (a killed one: only the rest)
     again = run_connectivity(tmp_path / "con", con, llm=tiny_llm, fit=cfg, texts=two)
     other = run_connectivity(tmp_path / "con", con, llm=tiny_llm, fit=cfg, texts=two[:1])
-    assert other["resumed_rows"] == 0 and len(fitted_texts) == 3  # other settings: the old rows are not mixed in
+    assert other["resumed_rows"] == 0 and len(fit_calls) == 3  # other settings: the old rows are not mixed in
     assert again["resumed_rows"] == 2 and again["rows"] == res["rows"]
 
 
