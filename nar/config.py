@@ -279,7 +279,13 @@ class EncoderConfig(StageConfig):
     d_model: int = 256
     """Width of the head's layers."""
     layers: int = 2
-    """Layers in the head (transformer decoder layers, or the sum head's per-token MLP blocks)."""
+    """Layers in the head (transformer decoder layers, or the sum head's MLP blocks)."""
+    post_layers: int = 0
+    """With head 'sum': how many of its `layers` MLP blocks act after the sum, on each pooled vector (with a
+    learned code per slot), instead of on each token before it. 0: the text's vectors are a linear image of a
+    plain sum of per-token parts; > 0: the same compositional sum, read through a nonlinear map, so what a
+    token adds may depend on the rest of the text (the measured limit of the plain sum is fitting, not
+    generalising: docs/ENCODER.md, sixth session)."""
     pos_codes: bool = False
     """Add learned, text-independent position codes to the m copies."""
     out_norm: float = 0.0
@@ -338,6 +344,8 @@ class EncoderConfig(StageConfig):
         _check(self.context in CONTEXTS, f"context must be one of {CONTEXTS}")
         _check(self.head in HEADS, f"head must be one of {HEADS}")
         _check(self.layers >= 1 and self.max_len >= 1 and self.max_source_tokens >= 1, "sizes must be >= 1")
+        _check(0 <= self.post_layers <= self.layers, "post_layers must be between 0 and layers")
+        _check(self.post_layers == 0 or self.head == "sum", "post_layers needs head 'sum'")
         _check(0 <= self.dropout < 1, "dropout must be in [0, 1)")
         _check(self.out_norm >= 0 and self.init_spread >= 0, "out_norm and init_spread must be >= 0")
         _check(self.n_e >= 1 and self.lora_rank >= 0, "n_e must be >= 1 and lora_rank >= 0")

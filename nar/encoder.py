@@ -134,16 +134,21 @@ class SumHead(ProtoHead):
     With token-level reader states (reader 'llm', reader_layer 0: the LLM's input embeddings) what "token t at
     position i" contributes does not depend on the rest of the text, so a source never seen is a new sum of
     seen parts: the encoder generalises by construction if the frozen LLM can decode such superpositions.
+    With `post_layers` > 0 the last blocks act after the sum instead, h_s <- h_s + psi(h_s + c_s) per slot s
+    (c_s a learned slot code): the sum of parts stays compositional, its read-out no longer linear.
     """
 
     def __init__(self, in_dim: int, llm_dim: int, cfg: EncoderConfig):
         super().__init__(in_dim, llm_dim, cfg)
         d, self.slots = cfg.d_model, cfg.n_e + 2
         self.src_pos = nn.Parameter(torch.randn(cfg.max_source_tokens, d) * 0.02)
-        self.blocks = nn.ModuleList(nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 4 * d), nn.GELU(),
-                                                  nn.Dropout(cfg.dropout), nn.Linear(4 * d, d))
-                                    for _ in range(cfg.layers))
+        blocks = [nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 4 * d), nn.GELU(), nn.Dropout(cfg.dropout),
+                                nn.Linear(4 * d, d)) for _ in range(cfg.layers)]
+        cut = cfg.layers - cfg.post_layers
+        self.blocks = nn.ModuleList(blocks[:cut])
         self.split = nn.Linear(d, self.slots * d)
+        self.post = nn.ModuleList(blocks[cut:])
+        self.slot_code = nn.Parameter(torch.randn(self.slots, d) * 0.02) if cfg.post_layers else None
 
     def pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = self.inp(states) + self.src_pos[: states.shape[1]]
@@ -153,7 +158,12 @@ class SumHead(ProtoHead):
         # a sum, not a mean: a token's contribution must not depend on how many others there are; the fixed
         # 1/4 keeps a ~16-token sum near the scale of one part, so the output layers start where init_outputs
         # puts them for the attention head
-        return parts.sum(1).view(states.shape[0], self.slots, -1) / 4
+        h = parts.sum(1).view(states.shape[0], self.slots, -1) / 4
+        if self.post:
+            h = h + self.slot_code
+            for block in self.post:
+                h = h + block(h)
+        return h
 
 
 HEADS = {"attention": AttentionHead, "sum": SumHead}

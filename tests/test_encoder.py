@@ -116,7 +116,8 @@ def test_resume_is_bit_for_bit(tiny_llm, texts_file, tmp_path, monkeypatch):
                                    dict(context="source"), dict(out_norm=2.5, n_e=2), dict(init_spread=1.0),
                                    dict(head="attention", reader_layer=-1, n_e=2), dict(m_readout="gated"),
                                    dict(m_readout="gated", ctc_slots=2, pos_codes=True),
-                                   dict(m_readout="blocks", read_blocks=4), dict(center_grad=True, n_e=2)])
+                                   dict(m_readout="blocks", read_blocks=4), dict(center_grad=True, n_e=2),
+                                   dict(post_layers=1)])
 def test_layout_and_reader_levers(tiny_llm, texts_file, tmp_path, extra):
     """k e-vectors, position codes and a LoRA reader: they train, round-trip exactly and generate."""
     ecfg = EncoderConfig(**{**ENC.to_dict(), **extra})
@@ -171,6 +172,11 @@ def test_sum_head_is_a_sum_of_per_token_parts():
     parts = sum(head.pool(states, torch.arange(5)[None] == i) for i in range(4))
     assert torch.allclose(whole, parts, atol=1e-5)
     assert not torch.allclose(whole, head.pool(states.roll(1, dims=1), mask.roll(1, dims=1)), atol=1e-3)  # order counts
+    # post_layers: the same blocks, the last one moved after the sum; the pooled vectors stop being additive
+    post = SumHead(12, 24, EncoderConfig(**{**cfg.to_dict(), "layers": 2, "post_layers": 1})).eval()
+    assert len(post.blocks) == 1 and len(post.post) == 1
+    parts = sum(post.pool(states, torch.arange(5)[None] == i) - post.slot_code for i in range(4))
+    assert not torch.allclose(post.pool(states, mask) - post.slot_code, parts, atol=1e-3)
 
 
 def test_generate_compares_with_the_ar_reply_at_the_same_length(tiny_llm, texts_file, tmp_path):
