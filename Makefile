@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 # 1. reconstruct the demo texts from two fitted vectors each (one forward pass);
 # 2. fit proto-tokens for the LLM's own short replies to the bundled prompts (nar/assets/pairs.jsonl);
 # 3. a short amortised encoder training on STS-B sentences (the command that made the shipped checkpoint,
-#    at 50 of its 3600 steps, without its length curriculum);
+#    at 50 of its 9000 steps, without its length curriculum);
 # 4. the SHIPPED checkpoint checkpoints/stsb-autoencoder evaluated on sentences it never saw (nar/assets/heldout.txt,
 #    written for this project) beside the nearest-neighbour and position-mode baselines;
 # 5. one-pass generation for those held-out sentences with the shipped checkpoint.
@@ -40,20 +40,19 @@ demo: setup
 
 # The shipped autoencoder checkpoint (docs/ENCODER.md): amortised training on STS-B train sentences,
 # held-out STS-B dev sentences; `make stsb-autoencoder` rebuilds it into checkpoints/stsb-autoencoder.
-# The recipe: the compositional head at d 384 x 3 (docs/ENCODER.md, "A compositional head", "Two read-outs"), fp32 so that every machine
-# trains the same arithmetic (emulated bf16 is 27x slower on an AVX2-only CPU); 1800 steps with a 300-step length
-# curriculum, then trained on to 3600 steps under the 3600-step schedule (a warm restart: `--resume` with a larger
-# `--steps`; docs/ENCODER.md, "Fifth session": ~64 + 68 min on 2 CPU cores).
-ENCODER_RECIPE := --max-tokens 16 --head sum --reader-layer 0 --d-model 384 --layers 3 --precision fp32
-ENCODER_STEPS := 1800
-ENCODER_MORE_STEPS := 3600
+# The recipe: the compositional head at d 384 x 3 (docs/ENCODER.md, "A compositional head", "Two read-outs"), 9000
+# steps with a 300-step length curriculum, one cosine schedule (docs/ENCODER.md, "Eighth session": ~90 min on 2 CPU
+# cores with native bf16). Precision 'auto': bf16 autocast where the device computes bf16 natively (AVX-512 bf16/AMX
+# CPUs, GPUs; 2.6x faster per step than fp32 there, bench/encoder_step.py), fp32 elsewhere (emulated bf16 is 27x
+# slower on an AVX2-only CPU; fp32 there is a different arithmetic and ~3-5 hours).
+ENCODER_RECIPE := --max-tokens 16 --head sum --reader-layer 0 --d-model 384 --layers 3 --precision auto
+ENCODER_STEPS := 9000
 ENCODER_CURRICULUM := 300
 ENCODER_TRAIN := HF_HUB_OFFLINE=1 $(BIN)/nar train-encoder out/data/stsb-train.jsonl --val-data out/data/stsb-dev.jsonl \
-	--run-dir out/stsb-autoencoder $(ENCODER_RECIPE) --curriculum $(ENCODER_CURRICULUM) --val-every 300 --save-every 300
+	--run-dir out/stsb-autoencoder $(ENCODER_RECIPE) --curriculum $(ENCODER_CURRICULUM) --val-every 600 --save-every 600
 stsb-autoencoder: setup
 	HF_HUB_OFFLINE=1 $(BIN)/nar make-data --stsb $(STSB) --out out/data
 	$(ENCODER_TRAIN) --steps $(ENCODER_STEPS)
-	$(ENCODER_TRAIN) --steps $(ENCODER_MORE_STEPS) --resume
 	mkdir -p checkpoints/stsb-autoencoder
 	cp out/stsb-autoencoder/best/config.json out/stsb-autoencoder/best/model.safetensors checkpoints/stsb-autoencoder/
 
