@@ -39,11 +39,13 @@ demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/nar generate checkpoints/stsb-autoencoder --input nar/assets/heldout.txt
 
 # The shipped autoencoder checkpoint (docs/ENCODER.md): amortised training on STS-B train sentences,
-# held-out STS-B dev sentences; `make stsb-autoencoder` rebuilds it into checkpoints/stsb-autoencoder.
+# held-out STS-B dev sentences; `make stsb-autoencoder` rebuilds it into checkpoints/stsb-autoencoder (the final
+# step's weights, last/: the held-out figures of docs/ENCODER.md are measured on them, not on the periodic best/).
 # The recipe: the compositional head at d 384 x 3 (docs/ENCODER.md, "A compositional head", "Two read-outs"), 9000
 # steps with a 300-step length curriculum, one cosine schedule (docs/ENCODER.md, "Eighth session": ~90 min on 2 CPU
 # cores with native bf16). Precision 'auto': bf16 autocast where the device computes bf16 natively (AVX-512 bf16/AMX
-# CPUs, GPUs; 2.6x faster per step than fp32 there, bench/encoder_step.py), fp32 elsewhere (emulated bf16 is 27x
+# CPUs, GPUs; 2.2x faster per step than fp32 on the 2-core
+# AVX-512 bf16 CPU for full 15-token batches, bench/encoder_step.py; ~2.8x on the study's mixed-length batches), fp32 elsewhere (emulated bf16 is 27x
 # slower on an AVX2-only CPU; fp32 there is a different arithmetic and ~3-5 hours).
 ENCODER_RECIPE := --max-tokens 16 --head sum --reader-layer 0 --d-model 384 --layers 3 --precision auto
 ENCODER_STEPS := 9000
@@ -54,7 +56,7 @@ stsb-autoencoder: setup
 	HF_HUB_OFFLINE=1 $(BIN)/nar make-data --stsb $(STSB) --out out/data
 	$(ENCODER_TRAIN) --steps $(ENCODER_STEPS)
 	mkdir -p checkpoints/stsb-autoencoder
-	cp out/stsb-autoencoder/best/config.json out/stsb-autoencoder/best/model.safetensors checkpoints/stsb-autoencoder/
+	cp out/stsb-autoencoder/last/config.json out/stsb-autoencoder/last/model.safetensors checkpoints/stsb-autoencoder/
 
 # The seq2seq task (docs/ENCODER.md): "Continue the story: <STS-B sentence>" -> the frozen LLM's own greedy
 # 16-token continuation (chat template). Prompts from STS-B train; held out: STS-B dev sentences (none in train).

@@ -31,7 +31,7 @@ from nar.config import EncoderConfig, TrainConfig  # noqa: E402
 from nar.data import Pairs, bundled_texts  # noqa: E402
 from nar.encoder import Encoder, make_reader  # noqa: E402
 from nar.llm import Layout, load_llm, native_bf16  # noqa: E402
-from nar.train import losses  # noqa: E402
+from nar.train import train_step  # noqa: E402
 
 
 def time_steps(llm, batch: Pairs, layout: Layout, precision: str, steps: int, warmup: int) -> float:
@@ -46,12 +46,7 @@ def time_steps(llm, batch: Pairs, layout: Layout, precision: str, steps: int, wa
     times = []
     for i in range(warmup + steps):
         t0 = time.perf_counter()
-        enc.train()
-        loss = losses(enc, llm, batch, layout, tcfg)["total"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        train_step(enc, llm, batch, layout, tcfg, opt, params)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     return statistics.median(times)

@@ -58,6 +58,18 @@ def losses(enc: Encoder, llm: FrozenLLM, batch: Pairs, layout: Layout, cfg: Trai
     return out
 
 
+def train_step(enc: Encoder, llm: FrozenLLM, batch: Pairs, layout: Layout, cfg: TrainConfig, opt,
+               params: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One optimiser step on `batch` (losses, backward, gradient clipping, AdamW); returns the loss parts."""
+    enc.train()
+    parts = losses(enc, llm, batch, layout, cfg)
+    opt.zero_grad(set_to_none=True)
+    parts["total"].backward()
+    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    opt.step()
+    return parts
+
+
 def ctc_blank_id(llm: FrozenLLM) -> int:
     """The default CTC blank: the tokenizer's lowest special token that is neither EOS, BOS nor padding (it never
     occurs in a tokenised text; SmolLM2: <|endoftext|>, id 0)."""
@@ -148,12 +160,7 @@ def train_encoder(data: str | Path, cfg: TrainConfig, enc_cfg: EncoderConfig, *,
             batch = train.take(_sample(lengths, step, cfg, g))
             for pg in opt.param_groups:
                 pg["lr"] = lr_at(step, cfg)
-            enc.train()
-            parts = losses(enc, llm, batch, layout, cfg)
-            opt.zero_grad(set_to_none=True)
-            parts["total"].backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
+            parts = train_step(enc, llm, batch, layout, cfg, opt, params)
             for k, v in parts.items():
                 tb.scalar(f"encoder/loss_{k}", float(v.detach()), step)
             tb.scalar("encoder/lr", lr_at(step, cfg), step)
