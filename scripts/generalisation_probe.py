@@ -1,0 +1,88 @@
+"""Where an encoder checkpoint loses accuracy on unseen sentences (docs/ENCODER.md, "Ninth session").
+
+Splits token accuracy of the one pass by STS-B genre (captions / news / forums), by target length, and by how
+often each target token occurs in the checkpoint's training targets, on its own training sentences and on
+held-out STS-B dev sentences alike, so that a genre or length shift can be told from memorisation, and
+memorisation from rare words.
+
+    python scripts/generalisation_probe.py [CHECKPOINT] [--stsb ../shared/data/stsb] [--limit N]
+
+Prints one JSON object. CHECKPOINT defaults to checkpoints/stsb-autoencoder; its held-out set is the
+checkpoint's own val data (out/data/stsb-dev.jsonl for the shipped one: run `nar make-data` first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from nar.data import checkpoint_splits
+from nar.decode import token_accuracy
+from nar.encoder import Encoder
+from nar.generate import encoder_outputs
+from nar.llm import load_llm
+
+FREQ_BUCKETS = ((0, 0), (1, 9), (10, 99), (100, 999), (1000, 10**9))
+LEN_BUCKETS = ((1, 8), (9, 12), (13, 16))
+GENRE = {"main-captions": "captions", "main-news": "news", "main-forum": "forums", "main-forums": "forums"}
+
+
+def genres(stsb: Path) -> dict[str, str]:
+    out = {}
+    for split in ("train", "dev"):
+        with (stsb / f"{split}.tsv").open(encoding="utf-8", newline="") as f:
+            for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
+                for s in (r["sentence1"], r["sentence2"]):
+                    out.setdefault((s or "").strip(), GENRE.get(r["genre"], r["genre"]))
+    return out
+
+
+def summarise(pred, targets, keys, freq) -> dict:
+    rows = defaultdict(list)
+    for p, t, k in zip(pred, targets, keys):
+        n = len(t)
+        lb = next(f"{lo}-{hi}" for lo, hi in LEN_BUCKETS if lo <= n <= hi)
+        for key in ("all", f"genre={k}", f"tokens={lb}", f"genre={k},tokens={lb}"):
+            rows[key].append((token_accuracy(p, t), p == t))
+    out = {k: {"texts": len(v), "token_acc": round(sum(a for a, _ in v) / len(v), 3),
+               "exact": round(sum(e for _, e in v) / len(v), 3)} for k, v in sorted(rows.items())}
+    by_freq = defaultdict(lambda: [0, 0])
+    for p, t in zip(pred, targets):
+        for i, tok in enumerate(t):
+            c = freq[tok]
+            b = next(f"{lo}-{hi}" if hi < 10**9 else f">={lo}" for lo, hi in FREQ_BUCKETS if lo <= c <= hi)
+            by_freq[b][0] += 1
+            by_freq[b][1] += int(len(p) > i and p[i] == tok)
+    out["by_train_frequency"] = {b: {"tokens": n, "token_acc": round(k / n, 3)}
+                                 for b, (n, k) in sorted(by_freq.items(), key=lambda x: int(x[0].split("-")[0]
+                                                                                           .lstrip(">=")))}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("checkpoint", nargs="?", default="checkpoints/stsb-autoencoder")
+    ap.add_argument("--stsb", default="../shared/data/stsb")
+    ap.add_argument("--limit", type=int, default=None, help="texts per split (default: all held-out ones)")
+    args = ap.parse_args()
+    llm = load_llm()
+    enc = Encoder.from_pretrained(args.checkpoint, llm=llm)
+    train, held, _ = checkpoint_splits(enc.meta, llm)
+    g = genres(Path(args.stsb))
+    freq = Counter(tok for t in train.token_ids for tok in t)
+    n = min(len(held), args.limit or len(held))
+    idx = list(range(len(train)))
+    random.Random(0).shuffle(idx)
+    res = {"checkpoint": args.checkpoint, "train_texts": len(train)}
+    for name, part in (("held-out", held.take(list(range(n)))), ("train", train.take(sorted(idx[:n])))):
+        pred = encoder_outputs(enc, llm, part.sources, enc.layout, "auto", bool(enc.meta.get("stop_at_eos")))
+        res[name] = summarise(pred, part.token_ids, [g.get(s, "?") for s in part.sources], freq)
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
