@@ -286,6 +286,11 @@ class EncoderConfig(StageConfig):
     plain sum of per-token parts; > 0: the same compositional sum, read through a nonlinear map, so what a
     token adds may depend on the rest of the text (the measured limit of the plain sum is fitting, not
     generalising: docs/ENCODER.md, sixth session)."""
+    bind: bool = False
+    """With head 'sum': bind each token to its position by a product as well as a sum, W x_i * (1 + g_i) + p_i
+    (g_i a learned code per source position), so that "token t at position i" has a part linear in the token's
+    embedding: an unseen token then contributes a position-bound image of its embedding instead of what the
+    MLP learned for the tokens it saw (docs/ENCODER.md, ninth session: unseen tokens score 0.008)."""
     pos_codes: bool = False
     """Add learned, text-independent position codes to the m copies."""
     out_norm: float = 0.0
@@ -346,6 +351,7 @@ class EncoderConfig(StageConfig):
         _check(self.layers >= 1 and self.max_len >= 1 and self.max_source_tokens >= 1, "sizes must be >= 1")
         _check(0 <= self.post_layers <= self.layers, "post_layers must be between 0 and layers")
         _check(self.post_layers == 0 or self.head == "sum", "post_layers needs head 'sum'")
+        _check(not self.bind or self.head == "sum", "bind needs head 'sum'")
         _check(0 <= self.dropout < 1, "dropout must be in [0, 1)")
         _check(self.out_norm >= 0 and self.init_spread >= 0, "out_norm and init_spread must be >= 0")
         _check(self.n_e >= 1 and self.lora_rank >= 0, "n_e must be >= 1 and lora_rank >= 0")

@@ -131,6 +131,8 @@ class SumHead(ProtoHead):
 
         h = sum_i phi(W x_i + p_i)        (phi: `layers` residual MLP blocks; p_i: a learned position code)
 
+    (with `bind`, W x_i * (1 + g_i) + p_i: the token's image is also scaled per position, a product binding).
+
     With token-level reader states (reader 'llm', reader_layer 0: the LLM's input embeddings) what "token t at
     position i" contributes does not depend on the rest of the text, so a source never seen is a new sum of
     seen parts: the encoder generalises by construction if the frozen LLM can decode such superpositions.
@@ -142,6 +144,8 @@ class SumHead(ProtoHead):
         super().__init__(in_dim, llm_dim, cfg)
         d, self.slots = cfg.d_model, cfg.n_e + 2
         self.src_pos = nn.Parameter(torch.randn(cfg.max_source_tokens, d) * 0.02)
+        # zero-started: a bound head begins as the unbound one
+        self.src_gate = nn.Parameter(torch.zeros(cfg.max_source_tokens, d)) if cfg.bind else None
         blocks = [nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 4 * d), nn.GELU(), nn.Dropout(cfg.dropout),
                                 nn.Linear(4 * d, d)) for _ in range(cfg.layers)]
         cut = cfg.layers - cfg.post_layers
@@ -151,7 +155,10 @@ class SumHead(ProtoHead):
         self.slot_code = nn.Parameter(torch.randn(self.slots, d) * 0.02) if cfg.post_layers else None
 
     def pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = self.inp(states) + self.src_pos[: states.shape[1]]
+        x = self.inp(states)
+        if self.src_gate is not None:
+            x = x * (1 + self.src_gate[: states.shape[1]])
+        x = x + self.src_pos[: states.shape[1]]
         for block in self.blocks:
             x = x + block(x)
         parts = self.split(x) * mask[..., None].to(x.dtype)  # (B, L, slots * d), padding contributes nothing

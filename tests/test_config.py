@@ -30,6 +30,7 @@ def test_every_field_is_documented(cls):
     (C.BuildConfig, dict(input="x", out="y", source_column="b")), (C.BuildConfig, dict(input="x", out="y", rank=1)),
     (C.EncoderConfig, dict(d_model=30, heads=4)), (C.EncoderConfig, dict(dropout=1.0)),
     (C.EncoderConfig, dict(layers=2, post_layers=3)), (C.EncoderConfig, dict(head="attention", post_layers=1)),
+    (C.EncoderConfig, dict(head="attention", bind=True)),
     (C.TrainConfig, dict(val_frac=0)), (C.TrainConfig, dict(w_ce=-1)), (C.IndexConfig, dict(kind="lsh")),
     (C.StabilityConfig, dict(alphas=(-1.0,))), (C.SemanticsConfig, dict()), (C.CapacityConfig, dict(threshold=2)),
     (C.ConnectivityConfig, dict(grid=1)),

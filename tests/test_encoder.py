@@ -117,7 +117,7 @@ def test_resume_is_bit_for_bit(tiny_llm, texts_file, tmp_path, monkeypatch):
                                    dict(head="attention", reader_layer=-1, n_e=2), dict(m_readout="gated"),
                                    dict(m_readout="gated", ctc_slots=2, pos_codes=True),
                                    dict(m_readout="blocks", read_blocks=4), dict(center_grad=True, n_e=2),
-                                   dict(post_layers=1)])
+                                   dict(post_layers=1), dict(bind=True)])
 def test_layout_and_reader_levers(tiny_llm, texts_file, tmp_path, extra):
     """k e-vectors, position codes and a LoRA reader: they train, round-trip exactly and generate."""
     ecfg = EncoderConfig(**{**ENC.to_dict(), **extra})
@@ -177,6 +177,16 @@ def test_sum_head_is_a_sum_of_per_token_parts():
     assert len(post.blocks) == 1 and len(post.post) == 1
     parts = sum(post.pool(states, torch.arange(5)[None] == i) - post.slot_code for i in range(4))
     assert not torch.allclose(post.pool(states, mask) - post.slot_code, parts, atol=1e-3)
+    # bind: starts as the unbound head (zero gate), stays a sum of parts, and a token's image is scaled per
+    # position once the gate has moved
+    bound = SumHead(12, 24, EncoderConfig(**{**cfg.to_dict(), "bind": True})).eval()
+    bound.load_state_dict({**head.state_dict(), "src_gate": torch.zeros_like(bound.src_gate)})
+    assert torch.allclose(bound.pool(states, mask), whole, atol=1e-6)
+    with torch.no_grad():
+        bound.src_gate.normal_()
+    parts = sum(bound.pool(states, torch.arange(5)[None] == i) for i in range(4))
+    assert torch.allclose(bound.pool(states, mask), parts, atol=1e-4)
+    assert not torch.allclose(bound.pool(states, mask), whole, atol=1e-3)
 
 
 def test_generate_compares_with_the_ar_reply_at_the_same_length(tiny_llm, texts_file, tmp_path):
