@@ -43,10 +43,10 @@ demo: setup
 # step's weights, last/: the held-out figures of docs/ENCODER.md are measured on them, not on the periodic best/).
 # The recipe: the compositional head at d 384 x 3 (docs/ENCODER.md, "A compositional head", "Two read-outs"), 9000
 # steps with a 300-step length curriculum, one cosine schedule (docs/ENCODER.md, "Eighth session": ~90 min on 2 CPU
-# cores with native bf16). Precision 'auto': bf16 autocast where the device computes bf16 natively (AVX-512 bf16/AMX
-# CPUs, GPUs; 2.2x faster per step than fp32 on the 2-core
-# AVX-512 bf16 CPU for full 15-token batches, bench/encoder_step.py; ~2.8x on the study's mixed-length batches), fp32 elsewhere (emulated bf16 is 27x
-# slower on an AVX2-only CPU; fp32 there is a different arithmetic and ~3-5 hours).
+# cores with native bf16). Precision 'auto': bf16 autocast where the device computes bf16 natively (AVX-512
+# bf16/AMX CPUs, GPUs; 2.2x faster per step than fp32 on the 2-core AVX-512 bf16 CPU for full 15-token batches,
+# bench/encoder_step.py; ~2.8x on the study's mixed-length batches), fp32 elsewhere (emulated bf16 is 27x slower
+# on an AVX2-only CPU; fp32 there is a different arithmetic and ~3-5 hours).
 ENCODER_RECIPE := --max-tokens 16 --head sum --reader-layer 0 --d-model 384 --layers 3 --precision auto
 ENCODER_STEPS := 9000
 ENCODER_CURRICULUM := 300

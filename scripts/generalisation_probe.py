@@ -23,11 +23,12 @@ from pathlib import Path
 from nar.data import checkpoint_splits
 from nar.decode import token_accuracy
 from nar.encoder import Encoder
+from nar.evaluate import BUCKETS
 from nar.generate import encoder_outputs
 from nar.llm import load_llm
 
-FREQ_BUCKETS = ((0, 0), (1, 9), (10, 99), (100, 999), (1000, 10**9))
-LEN_BUCKETS = ((1, 8), (9, 12), (13, 16))
+FREQ_BUCKETS = ((0, 0, "0"), (1, 9, "1-9"), (10, 99, "10-99"), (100, 999, "100-999"), (1000, 10**9, ">=1000"))
+LEN_BUCKETS = BUCKETS[:3]  # eval-encoder's buckets up to 16 tokens
 GENRE = {"main-captions": "captions", "main-news": "news", "main-forum": "forums", "main-forums": "forums"}
 
 
@@ -50,16 +51,13 @@ def summarise(pred, targets, keys, freq) -> dict:
             rows[key].append((token_accuracy(p, t), p == t))
     out = {k: {"texts": len(v), "token_acc": round(sum(a for a, _ in v) / len(v), 3),
                "exact": round(sum(e for _, e in v) / len(v), 3)} for k, v in sorted(rows.items())}
-    by_freq = defaultdict(lambda: [0, 0])
+    seen = {label: [0, 0] for *_, label in FREQ_BUCKETS}  # label -> [target tokens, written right]
     for p, t in zip(pred, targets):
         for i, tok in enumerate(t):
-            c = freq[tok]
-            b = next(f"{lo}-{hi}" if hi < 10**9 else f">={lo}" for lo, hi in FREQ_BUCKETS if lo <= c <= hi)
-            by_freq[b][0] += 1
-            by_freq[b][1] += int(len(p) > i and p[i] == tok)
-    out["by_train_frequency"] = {b: {"tokens": n, "token_acc": round(k / n, 3)}
-                                 for b, (n, k) in sorted(by_freq.items(), key=lambda x: int(x[0].split("-")[0]
-                                                                                           .lstrip(">=")))}
+            label = next(lb for lo, hi, lb in FREQ_BUCKETS if lo <= freq[tok] <= hi)
+            seen[label][0] += 1
+            seen[label][1] += int(len(p) > i and p[i] == tok)
+    out["by_train_frequency"] = {b: {"tokens": n, "token_acc": round(k / n, 3)} for b, (n, k) in seen.items() if n}
     return out
 
 
