@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.nar-installed
 
-.PHONY: setup demo test bench lint clean stsb-autoencoder story-data
+.PHONY: setup demo test bench lint clean stsb-autoencoder story-data vocab-data
 
 setup: $(STAMP)
 
@@ -67,6 +67,15 @@ story-data: setup
 	HF_HUB_OFFLINE=1 $(BIN)/nar make-pairs out/data/stsb-train.jsonl $(STORY) --limit $(STORY_TRAIN) \
 		--out out/data/story-train.jsonl
 	HF_HUB_OFFLINE=1 $(BIN)/nar make-pairs out/data/stsb-dev.jsonl $(STORY) --limit 500 --out out/data/story-dev.jsonl
+
+# Vocabulary-covering autoencoding texts written by the frozen LLM (docs/ENCODER.md, "Tenth session"): one
+# prompt per whole-word token of its vocabulary (seeded), news / description / opinion framings, replies cut to
+# <= 16 tokens; then one training file of STS-B train sentences plus these texts.
+VOCAB_TEXTS ?= 4000
+vocab-data: setup
+	HF_HUB_OFFLINE=1 $(BIN)/nar make-data --stsb $(STSB) --out out/data
+	HF_HUB_OFFLINE=1 $(BIN)/python scripts/vocab_texts.py --n $(VOCAB_TEXTS) --out out/data/llm-vocab.jsonl
+	cat out/data/stsb-train.jsonl out/data/llm-vocab.jsonl > out/data/stsb-train+vocab.jsonl
 
 # Serial on purpose: pytest-xdist with one worker per core (-n auto --dist loadfile) was measured slower on 2
 # cores (6 min 34 s against 5 min 20 s serial, fresh clones, 177 tests; each worker's torch threads compete),

@@ -431,6 +431,11 @@ class TrainConfig(StageConfig):
     resume: bool = False
     """Continue from run_dir/last (same config): bit-for-bit the run that was not interrupted. With a larger
     --steps a finished run trains on to the new total under the schedule of the new total (a warm restart)."""
+    init_from: str | None = None
+    """Start from the weights of this encoder checkpoint (a folder with config.json and model.safetensors, or a
+    run folder: its best/) with a fresh optimiser and schedule: fine-tuning, e.g. of the shipped checkpoint on
+    new data. The encoder options are the checkpoint's (others given with it are an error); --resume of the new
+    run continues from its own last/."""
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1 and self.batch_size >= 1, "steps and batch_size must be >= 1")

@@ -6,6 +6,11 @@ held-out STS-B dev sentences alike, so that a genre or length shift can be told 
 memorisation from rare words.
 
     python scripts/generalisation_probe.py [CHECKPOINT] [--stsb ../shared/data/stsb] [--limit N]
+                                           [--freq-data out/data/stsb-train.jsonl]
+
+With --freq-data the bands also count each token in that file's targets (`by_reference_frequency`), and its
+never-seen band is split by whether the checkpoint's own training targets hold the token: for comparing two
+checkpoints trained on different data against one reference (docs/ENCODER.md, tenth session).
 
 Prints one JSON object. CHECKPOINT defaults to checkpoints/stsb-autoencoder; its held-out set is the
 checkpoint's own val data (out/data/stsb-dev.jsonl for the shipped one: run `nar make-data` first).
@@ -20,7 +25,8 @@ import random
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from nar.data import checkpoint_splits
+from nar.config import TrainConfig
+from nar.data import checkpoint_splits, load_pairs
 from nar.decode import token_accuracy
 from nar.encoder import Encoder
 from nar.evaluate import BUCKETS
@@ -42,7 +48,22 @@ def genres(stsb: Path) -> dict[str, str]:
     return out
 
 
-def summarise(pred, targets, keys, freq) -> dict:
+def by_frequency(pred, targets, freq, own=None) -> dict:
+    """Token accuracy per band of `freq` (a token's count in some training targets); with `own`, the 0 band
+    is also split by whether `own` counts the token."""
+    seen = defaultdict(lambda: [0, 0])  # label -> [target tokens, written right]
+    for p, t in zip(pred, targets):
+        for i, tok in enumerate(t):
+            label = next(lb for lo, hi, lb in FREQ_BUCKETS if lo <= freq[tok] <= hi)
+            labels = [label] + ([f"0, {'in' if own[tok] else 'not in'} own training"] if own and label == "0" else [])
+            for lb in labels:
+                seen[lb][0] += 1
+                seen[lb][1] += int(len(p) > i and p[i] == tok)
+    order = [lb for *_, lb in FREQ_BUCKETS] + ["0, in own training", "0, not in own training"]
+    return {b: {"tokens": seen[b][0], "token_acc": round(seen[b][1] / seen[b][0], 3)} for b in order if seen[b][0]}
+
+
+def summarise(pred, targets, keys, freq, ref=None) -> dict:
     rows = defaultdict(list)
     for p, t, k in zip(pred, targets, keys):
         n = len(t)
@@ -51,13 +72,9 @@ def summarise(pred, targets, keys, freq) -> dict:
             rows[key].append((token_accuracy(p, t), p == t))
     out = {k: {"texts": len(v), "token_acc": round(sum(a for a, _ in v) / len(v), 3),
                "exact": round(sum(e for _, e in v) / len(v), 3)} for k, v in sorted(rows.items())}
-    seen = {label: [0, 0] for *_, label in FREQ_BUCKETS}  # label -> [target tokens, written right]
-    for p, t in zip(pred, targets):
-        for i, tok in enumerate(t):
-            label = next(lb for lo, hi, lb in FREQ_BUCKETS if lo <= freq[tok] <= hi)
-            seen[label][0] += 1
-            seen[label][1] += int(len(p) > i and p[i] == tok)
-    out["by_train_frequency"] = {b: {"tokens": n, "token_acc": round(k / n, 3)} for b, (n, k) in seen.items() if n}
+    out["by_train_frequency"] = by_frequency(pred, targets, freq)
+    if ref is not None:
+        out["by_reference_frequency"] = by_frequency(pred, targets, ref, own=freq)
     return out
 
 
@@ -66,19 +83,25 @@ def main() -> None:
     ap.add_argument("checkpoint", nargs="?", default="checkpoints/stsb-autoencoder")
     ap.add_argument("--stsb", default="../shared/data/stsb")
     ap.add_argument("--limit", type=int, default=None, help="texts per split (default: all held-out ones)")
+    ap.add_argument("--freq-data", default=None,
+                    help="also band tokens by their count in this data file's targets (e.g. STS-B train)")
     args = ap.parse_args()
     llm = load_llm()
     enc = Encoder.from_pretrained(args.checkpoint, llm=llm)
-    train, held, _ = checkpoint_splits(enc.meta, llm)
+    train, held, train_cfg = checkpoint_splits(enc.meta, llm)
     g = genres(Path(args.stsb))
     freq = Counter(tok for t in train.token_ids for tok in t)
+    ref = None
+    if args.freq_data:
+        ref_pairs = load_pairs(args.freq_data, llm, TrainConfig(max_tokens=train_cfg.max_tokens))
+        ref = Counter(tok for t in ref_pairs.token_ids for tok in t)
     n = min(len(held), args.limit or len(held))
     idx = list(range(len(train)))
     random.Random(0).shuffle(idx)
-    res = {"checkpoint": args.checkpoint, "train_texts": len(train)}
+    res = {"checkpoint": args.checkpoint, "train_texts": len(train), "freq_data": args.freq_data}
     for name, part in (("held-out", held.take(list(range(n)))), ("train", train.take(sorted(idx[:n])))):
         pred = encoder_outputs(enc, llm, part.sources, enc.layout, "auto", bool(enc.meta.get("stop_at_eos")))
-        res[name] = summarise(pred, part.token_ids, [g.get(s, "?") for s in part.sources], freq)
+        res[name] = summarise(pred, part.token_ids, [g.get(s, "?") for s in part.sources], freq, ref)
     print(json.dumps(res, indent=1))
 
 

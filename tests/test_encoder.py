@@ -112,6 +112,41 @@ def test_resume_is_bit_for_bit(tiny_llm, texts_file, tmp_path, monkeypatch):
     assert not all(torch.equal(a[k], longer.state_tensors()[k]) for k in a)
 
 
+def test_init_from_fine_tunes_a_checkpoint_with_its_own_options(tiny_llm, texts_file, tmp_path, monkeypatch):
+    """--init-from starts a new run at a checkpoint's weights and encoder options, with a fresh optimiser and
+    schedule; options that contradict the checkpoint are refused."""
+    import nar.train as train_mod
+
+    kw = dict(val_every=1000, save_every=1000, val_data=str(texts_file / "dev.jsonl"), **RUN)
+    enc = EncoderConfig(**{**ENC.to_dict(), "n_e": 2})
+    first = train_encoder(texts_file / "train.jsonl", TrainConfig(run_dir=str(tmp_path / "a"), steps=6, **kw), enc,
+                          llm=tiny_llm, show_progress=False)["encoder"]
+    real, steps, at_start = train_mod.train_step, [], {}
+
+    def spy(enc_, *a, **k):
+        if not steps:
+            at_start.update({k: v.clone() for k, v in enc_.state_tensors().items()})  # views of live weights
+        steps.append(1)
+        return real(enc_, *a, **k)
+
+    monkeypatch.setattr(train_mod, "train_step", spy)
+    again = train_encoder(texts_file / "train.jsonl",
+                          TrainConfig(run_dir=str(tmp_path / "b"), steps=4, init_from=str(tmp_path / "a" / "last"),
+                                      **kw), EncoderConfig(), llm=tiny_llm, show_progress=False)["encoder"]
+    assert len(steps) == 4  # a fresh schedule of its own steps, not the first run's remainder
+    assert again.cfg == first.cfg  # the defaults passed in gave way to the checkpoint's options
+    a = first.state_tensors()
+    assert a.keys() == at_start.keys() and all(torch.equal(a[k], at_start[k]) for k in a)  # began at its weights
+    cfg_b = json.loads((tmp_path / "b" / "last" / "config.json").read_text())
+    assert cfg_b["train_config"]["init_from"] == str(tmp_path / "a" / "last")
+    b = again.state_tensors()
+    assert not all(torch.equal(a[k], b[k]) for k in a)  # and trained on from there
+    with pytest.raises(NarError, match="n_e=3"):
+        train_encoder(texts_file / "train.jsonl",
+                      TrainConfig(run_dir=str(tmp_path / "c"), steps=1, init_from=str(tmp_path / "a"), **kw),
+                      EncoderConfig(**{**ENC.to_dict(), "n_e": 3}), llm=tiny_llm, show_progress=False)
+
+
 @pytest.mark.parametrize("extra", [dict(n_e=3), dict(pos_codes=True), dict(lora_rank=2, reader_layer=-1),
                                    dict(context="source"), dict(out_norm=2.5, n_e=2), dict(init_spread=1.0),
                                    dict(head="attention", reader_layer=-1, n_e=2), dict(m_readout="gated"),
