@@ -274,19 +274,6 @@ def reader_info(cfg: EncoderConfig, reader: nn.Module, llm: FrozenLLM | None) ->
     return {"name": cfg.reader, "fingerprint": fp}
 
 
-def checkpoint_dir(path: str | Path) -> Path:
-    """The folder of an encoder checkpoint: `path` itself, or a run folder's best/ (after recovering either from
-    an interrupted atomic write)."""
-    path = Path(path)
-    recover_dir(path)
-    recover_dir(path / "best")
-    if (path / "best" / "config.json").is_file() and not (path / "config.json").is_file():
-        path = path / "best"  # a run folder: take its best checkpoint
-    if not (path / "config.json").is_file():
-        raise NarError(f"{path} is not an encoder checkpoint (no config.json)")
-    return path
-
-
 class Encoder(nn.Module):
     """Reader + head. `meta` carries the provenance written into every checkpoint."""
 
@@ -418,7 +405,13 @@ class Encoder(nn.Module):
         and any encoder is checked against it when given."""
         from safetensors.torch import load_file
 
-        path = checkpoint_dir(path)
+        path = Path(path)
+        recover_dir(path)
+        recover_dir(path / "best")
+        if (path / "best" / "config.json").is_file() and not (path / "config.json").is_file():
+            path = path / "best"  # a run folder: take its best checkpoint
+        if not (path / "config.json").is_file():
+            raise NarError(f"{path} is not an encoder checkpoint (no config.json)")
         if not (path / "model.safetensors").is_file():
             raise NarError(f"{path} is an incomplete encoder checkpoint (no model.safetensors)")
         meta = read_json(path / "config.json", "an encoder checkpoint")

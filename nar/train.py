@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from nar.artifacts import atomic_dir, llm_record, read_json, recover_dir
 from nar.config import EncoderConfig, TrainConfig
 from nar.data import Pairs, run_layout, train_val_splits
-from nar.encoder import Encoder, checkpoint_dir, make_reader, reader_info
+from nar.encoder import Encoder, make_reader, reader_info
 from nar.errors import NarError
 from nar.llm import FrozenLLM, Layout, context_for
 from nar.losses import ctc_reconstruction_loss, reconstruction_loss
@@ -99,28 +99,22 @@ def _sample(lengths: torch.Tensor, step: int, cfg: TrainConfig, g: torch.Generat
     return pool[pick].tolist()
 
 
-def init_config(cfg: TrainConfig, enc_cfg: EncoderConfig) -> EncoderConfig:
-    """The encoder options of a run: with --init-from, the checkpoint's; options given besides the defaults
-    must agree with them."""
+def init_from(cfg: TrainConfig, enc_cfg: EncoderConfig, llm: FrozenLLM, layout: Layout
+              ) -> tuple[EncoderConfig, Encoder | None]:
+    """The encoder options of a run and, with --init-from, the checkpoint to start from (checked against this
+    run's LLM and layout): its options replace the defaults, and options given besides them must agree."""
     if not cfg.init_from:
-        return enc_cfg
-    path = checkpoint_dir(cfg.init_from)
-    theirs = EncoderConfig.from_dict(read_json(path / "config.json", "an encoder checkpoint")["encoder_config"])
-    given = {k: v for k, v in enc_cfg.to_dict().items() if v != EncoderConfig().to_dict()[k]}
-    clash = sorted(k for k, v in given.items() if theirs.to_dict()[k] != v)
+        return enc_cfg, None
+    base = Encoder.from_pretrained(cfg.init_from, llm=llm)
+    theirs, default = base.cfg.to_dict(), EncoderConfig().to_dict()
+    clash = sorted(k for k, v in enc_cfg.to_dict().items() if v != default[k] and v != theirs[k])
     if clash:
         raise NarError(f"--init-from {cfg.init_from} fixes the encoder options; these differ from it: "
-                       + ", ".join(f"{k}={given[k]!r} (checkpoint: {theirs.to_dict()[k]!r})" for k in clash))
-    return theirs
-
-
-def init_weights(path: str | Path, llm: FrozenLLM, layout: Layout) -> Encoder:
-    """The encoder of --init-from, checked against this run's LLM and layout."""
-    enc = Encoder.from_pretrained(path, llm=llm)
-    if enc.layout.to_dict() != layout.to_dict():
-        raise NarError(f"--init-from {path}: trained with layout {enc.layout.to_dict()}, this run uses "
+                       + ", ".join(f"{k}={getattr(enc_cfg, k)!r} (checkpoint: {theirs[k]!r})" for k in clash))
+    if base.layout.to_dict() != layout.to_dict():
+        raise NarError(f"--init-from {cfg.init_from}: trained with layout {base.layout.to_dict()}, this run uses "
                        f"{layout.to_dict()}")
-    return enc
+    return base.cfg, base
 
 
 def train_encoder(data: str | Path, cfg: TrainConfig, enc_cfg: EncoderConfig, *, llm: FrozenLLM,
@@ -133,8 +127,8 @@ def train_encoder(data: str | Path, cfg: TrainConfig, enc_cfg: EncoderConfig, *,
     from nar.monitor import TensorBoardWriter
 
     cfg = cfg.replace(precision=llm.precision(cfg.precision))  # the checkpoint records what ran, not 'auto'
-    enc_cfg = init_config(cfg, enc_cfg)
     layout, stop_at_eos = run_layout(llm, data)
+    enc_cfg, base = init_from(cfg, enc_cfg, llm, layout)
     stop_at_eos = stop_at_eos or cfg.append_eos
     if enc_cfg.ctc_slots and enc_cfg.ctc_blank < 0:
         enc_cfg = enc_cfg.replace(ctc_blank=ctc_blank_id(llm))
@@ -152,8 +146,8 @@ def train_encoder(data: str | Path, cfg: TrainConfig, enc_cfg: EncoderConfig, *,
     emb = llm.model.get_input_embeddings().weight.detach().float()
     means = (train.e.mean(0), train.m.mean(0)) if train.e is not None else (emb.mean(0), emb.mean(0))
     enc.init_outputs(*means)
-    if cfg.init_from:
-        enc.load_state_tensors(init_weights(cfg.init_from, llm, layout).state_tensors())
+    if base is not None:
+        enc.load_state_tensors(base.state_tensors())
     elif enc_cfg.init_spread > 0 and not cfg.resume:
         sample = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))[:64].tolist()
         enc.spread_outputs(train.take(sample).sources, *means, enc_cfg.init_spread * float(emb.norm(dim=-1).mean()))
