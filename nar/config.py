@@ -279,7 +279,9 @@ class EncoderConfig(StageConfig):
     d_model: int = 256
     """Width of the head's layers."""
     layers: int = 2
-    """Layers in the head (transformer decoder layers, or the sum head's MLP blocks)."""
+    """Layers in the head (transformer decoder layers, or the sum head's MLP blocks). With head 'sum', 0 makes
+    it linear in the token embeddings: no per-token MLP that could learn each token as an entry of its own (with
+    `bind`, a position-bound linear map shared by all tokens; docs/ENCODER.md, eleventh session)."""
     post_layers: int = 0
     """With head 'sum': how many of its `layers` MLP blocks act after the sum, on each pooled vector (with a
     learned code per slot), instead of on each token before it. 0: the text's vectors are a linear image of a
@@ -348,7 +350,8 @@ class EncoderConfig(StageConfig):
         _check(self.read_blocks >= 1, "read_blocks must be >= 1")
         _check(self.context in CONTEXTS, f"context must be one of {CONTEXTS}")
         _check(self.head in HEADS, f"head must be one of {HEADS}")
-        _check(self.layers >= 1 and self.max_len >= 1 and self.max_source_tokens >= 1, "sizes must be >= 1")
+        _check(self.max_len >= 1 and self.max_source_tokens >= 1, "sizes must be >= 1")
+        _check(self.layers >= (0 if self.head == "sum" else 1), "layers must be >= 1 (>= 0 with head 'sum')")
         _check(0 <= self.post_layers <= self.layers, "post_layers must be between 0 and layers")
         _check(self.post_layers == 0 or self.head == "sum", "post_layers needs head 'sum'")
         _check(not self.bind or self.head == "sum", "bind needs head 'sum'")

@@ -224,6 +224,33 @@ def test_sum_head_is_a_sum_of_per_token_parts():
     assert not torch.allclose(bound.pool(states, mask), whole, atol=1e-3)
 
 
+def test_sum_head_without_layers_is_linear_in_the_token_embeddings():
+    """head 'sum' with layers 0 (and bind): a token's part is a position-bound linear image of its embedding, one map
+    for every token, so what an unseen token adds is fixed by its embedding alone: pool is affine in the states
+    for a fixed mask, and the same token contributes differently at two positions."""
+    from nar.encoder import SumHead
+
+    head = SumHead(12, 24, EncoderConfig(head="sum", d_model=16, heads=2, layers=0, bind=True, max_len=8,
+                                         dropout=0.0)).eval()
+    assert len(head.blocks) == 0
+    with torch.no_grad():
+        head.src_gate.normal_()
+    a, b = torch.randn(2, 1, 5, 12)
+    mask = torch.tensor([[True, True, True, True, False]])
+    zero = head.pool(torch.zeros_like(a), mask)
+    lhs = head.pool(a + 2 * b, mask) - zero
+    assert torch.allclose(lhs, (head.pool(a, mask) - zero) + 2 * (head.pool(b, mask) - zero), atol=1e-4)
+    one = torch.randn(12)
+    at = [head.pool(one.expand(1, 1, 12), torch.tensor([[True]]))]
+    at.append(head.pool(torch.stack([torch.zeros(12), one])[None], torch.tensor([[False, True]])))
+    assert not torch.allclose(at[0], at[1], atol=1e-3)  # position-bound
+    # an MLP block breaks the linearity: the check above can fail
+    mlp = SumHead(12, 24, EncoderConfig(head="sum", d_model=16, heads=2, layers=1, max_len=8, dropout=0.0)).eval()
+    zero = mlp.pool(torch.zeros_like(a), mask)
+    assert not torch.allclose(mlp.pool(a + 2 * b, mask) - zero,
+                              (mlp.pool(a, mask) - zero) + 2 * (mlp.pool(b, mask) - zero), atol=1e-3)
+
+
 def test_generate_compares_with_the_ar_reply_at_the_same_length(tiny_llm, texts_file, tmp_path):
     from nar.decode import generate_greedy, token_accuracy
 
