@@ -293,6 +293,12 @@ class EncoderConfig(StageConfig):
     (g_i a learned code per source position), so that "token t at position i" has a part linear in the token's
     embedding: an unseen token then contributes a position-bound image of its embedding instead of what the
     MLP learned for the tokens it saw (docs/ENCODER.md, ninth session: unseen tokens score 0.008)."""
+    token_table: int = 0
+    """With head 'sum': > 0 adds a learned per-token table of this rank to each source token's input (a zero-started
+    row per vocabulary token, projected to d_model), trained at its own learning rate (`TrainConfig.table_lr`):
+    a token is learned as a lookup entry in a few draws instead of being carved out of the shared MLP over tens to
+    hundreds (docs/ENCODER.md, ninth to twelfth sessions). A token never seen in training keeps a zero row.
+    0: off."""
     pos_codes: bool = False
     """Add learned, text-independent position codes to the m copies."""
     out_norm: float = 0.0
@@ -355,6 +361,8 @@ class EncoderConfig(StageConfig):
         _check(0 <= self.post_layers <= self.layers, "post_layers must be between 0 and layers")
         _check(self.post_layers == 0 or self.head == "sum", "post_layers needs head 'sum'")
         _check(not self.bind or self.head == "sum", "bind needs head 'sum'")
+        _check(self.token_table >= 0 and (self.token_table == 0 or self.head == "sum"),
+               "token_table must be >= 0, and > 0 needs head 'sum'")
         _check(0 <= self.dropout < 1, "dropout must be in [0, 1)")
         _check(self.out_norm >= 0 and self.init_spread >= 0, "out_norm and init_spread must be >= 0")
         _check(self.n_e >= 1 and self.lora_rank >= 0, "n_e must be >= 1 and lora_rank >= 0")
@@ -417,6 +425,14 @@ class TrainConfig(StageConfig):
     """Weight of the reconstruction cross-entropy through the frozen LLM (one pass)."""
     w_len: float = 0.1
     """Weight of the length-head cross-entropy."""
+    table_lr: float = 1e-2
+    """Peak learning rate of an encoder's per-token table (`EncoderConfig.token_table`; same schedule, no weight
+    decay): a row moves only in the steps whose batch holds its token, so it needs a larger rate than the head."""
+    logit_adjust: float = 0.0
+    """Logit-adjusted cross-entropy (Menon et al. 2021, long-tail learning): > 0 adds tau * log(prior) to the
+    one pass's logits inside the training loss, the prior being the smoothed frequency of each token in the
+    training targets, so a frequent token wins a position only by a margin and the encoder must carry rare
+    tokens itself; decoding reads the raw logits. 0: the plain cross-entropy (docs/ENCODER.md, twelfth session)."""
     val_frac: float = 0.1
     """Held-out fraction when no val_data is given (seeded split, at least one text)."""
     val_every: int = 200
@@ -444,7 +460,9 @@ class TrainConfig(StageConfig):
         _check(self.steps >= 1 and self.batch_size >= 1, "steps and batch_size must be >= 1")
         _check(0 < self.val_frac < 1, "val_frac must be in (0, 1)")
         _check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}")
-        _check(min(self.w_reg, self.w_ce, self.w_len) >= 0, "loss weights must be >= 0")
+        _check(self.lr > 0 and self.table_lr > 0, "lr and table_lr must be > 0")
+        _check(min(self.w_reg, self.w_ce, self.w_len, self.logit_adjust) >= 0,
+               "loss weights and logit_adjust must be >= 0")
         _check(self.max_tokens >= 1 and self.val_every >= 1 and self.save_every >= 1 and self.val_limit >= 1,
                "max_tokens, val_every, save_every and val_limit must be >= 1")
         _check((self.source_column, self.target_column).count(None) != 1,

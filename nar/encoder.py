@@ -93,13 +93,15 @@ class ProtoHead(nn.Module):
             return m  # 'gated' and 'blocks' differ only in where W, g, b start
         return (m[:, None, :] * self.read_g) @ self.read_w.T + self.read_b
 
-    def pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """states (B, L, H), mask (B, L) -> (B, k + 2, d)."""
+    def pool(self, states: torch.Tensor, mask: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """states (B, L, H), mask (B, L), the source's token ids (B, L) -> (B, k + 2, d)."""
         raise NotImplementedError
 
-    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """states (B, L, H), mask (B, L) True on real tokens -> e (B, k, D), m (B, D), length logits (B, max_len)."""
-        h = self.pool(states, mask)
+    def forward(self, states: torch.Tensor, mask: torch.Tensor,
+                ids: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """states (B, L, H), mask (B, L) True on real tokens, ids (B, L) the reader's token ids -> e (B, k, D),
+        m (B, D), length logits (B, max_len)."""
+        h = self.pool(states, mask, ids)
         k = self.n_e
         em = self._center(h[:, : k + 1]) if self.center_grad else h[:, : k + 1]
         e, m = self.out_e(em[:, :k]), self.out_m(em[:, k])
@@ -119,7 +121,7 @@ class AttentionHead(ProtoHead):
         self.decoder = nn.TransformerDecoder(layer, cfg.layers)
         self.norm = nn.LayerNorm(cfg.d_model)
 
-    def pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def pool(self, states: torch.Tensor, mask: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
         mem = self.inp(states)
         q = self.queries.unsqueeze(0).expand(states.shape[0], -1, -1)
         return self.norm(self.decoder(q, mem, memory_key_padding_mask=~mask))
@@ -138,11 +140,17 @@ class SumHead(ProtoHead):
     seen parts: the encoder generalises by construction if the frozen LLM can decode such superpositions.
     With `post_layers` > 0 the last blocks act after the sum instead, h_s <- h_s + psi(h_s + c_s) per slot s
     (c_s a learned slot code): the sum of parts stays compositional, its read-out no longer linear.
+    With `token_table` = r > 0, W x_i becomes W x_i + U T[t_i]: T a (vocab, r) table of zero-started rows, one per
+    token id (a lookup that learns a token in a few draws), U a (d, r) projection.
     """
 
-    def __init__(self, in_dim: int, llm_dim: int, cfg: EncoderConfig):
+    def __init__(self, in_dim: int, llm_dim: int, cfg: EncoderConfig, vocab: int = 0):
         super().__init__(in_dim, llm_dim, cfg)
         d, self.slots = cfg.d_model, cfg.n_e + 2
+        if cfg.token_table and vocab < 1:
+            raise NarError("a per-token table needs the reader's vocabulary size")
+        self.tok_table = nn.Parameter(torch.zeros(vocab, cfg.token_table)) if cfg.token_table else None
+        self.tok_proj = nn.Linear(cfg.token_table, d, bias=False) if cfg.token_table else None
         self.src_pos = nn.Parameter(torch.randn(cfg.max_source_tokens, d) * 0.02)
         # zero-started: a bound head begins as the unbound one
         self.src_gate = nn.Parameter(torch.zeros(cfg.max_source_tokens, d)) if cfg.bind else None
@@ -154,8 +162,10 @@ class SumHead(ProtoHead):
         self.post = nn.ModuleList(blocks[cut:])
         self.slot_code = nn.Parameter(torch.randn(self.slots, d) * 0.02) if cfg.post_layers else None
 
-    def pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def pool(self, states: torch.Tensor, mask: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
         x = self.inp(states)
+        if self.tok_table is not None:
+            x = x + self.tok_proj(self.tok_table[ids].to(x.dtype))
         if self.src_gate is not None:
             x = x * (1 + self.src_gate[: states.shape[1]])
         x = x + self.src_pos[: states.shape[1]]
@@ -281,7 +291,8 @@ class Encoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.reader = reader
-        self.head = HEADS[cfg.head](reader.hidden_size, llm_dim, cfg)
+        extra = {"vocab": len(reader.tokenizer)} if cfg.token_table else {}
+        self.head = HEADS[cfg.head](reader.hidden_size, llm_dim, cfg, **extra)
         self.meta = meta
 
     @property
@@ -338,7 +349,7 @@ class Encoder(nn.Module):
         if truncated:
             log.warning("%d source(s) longer than %d tokens were truncated", truncated, self.cfg.max_source_tokens)
         states = self.reader(enc)
-        return self.head(states.to(self.head.inp.weight.dtype), enc["attention_mask"].bool())
+        return self.head(states.to(self.head.inp.weight.dtype), enc["attention_mask"].bool(), enc["input_ids"])
 
     @torch.no_grad()
     def predict(self, sources: list[str], batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
@@ -378,10 +389,19 @@ class Encoder(nn.Module):
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         state = {f"head.{k}": v for k, v in self.head.state_dict().items()}
+        table = state.pop("head.tok_table", None)
+        if table is not None:  # stored sparse: the rows of tokens never trained on stay zero
+            rows = table.detach().abs().sum(1).nonzero().flatten()
+            state["head.tok_table.rows"], state["head.tok_table.values"] = rows, table[rows]
         state.update({f"reader.{k}": v for k, v in self.reader.extra_state().items()})
         return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
     def load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
+        state = dict(state)
+        if "head.tok_table.rows" in state:
+            table = torch.zeros_like(self.head.tok_table, device="cpu")
+            table[state.pop("head.tok_table.rows")] = state.pop("head.tok_table.values").to(table)
+            state["head.tok_table"] = table
         self.head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
         self.reader.load_extra({k[7:]: v for k, v in state.items() if k.startswith("reader.")})
 

@@ -54,7 +54,8 @@ class Reconstruction:
 
 def reconstruction_loss(llm, e: torch.Tensor, m: torch.Tensor, targets: Sequence[Sequence[int] | torch.Tensor],
                         layout, precision: str = "fp32", pos: torch.Tensor | None = None,
-                        context=None, margin: float = 0.0) -> Reconstruction:
+                        context=None, margin: float = 0.0, logit_bias: torch.Tensor | None = None
+                        ) -> Reconstruction:
     """Cross-entropy and accuracy of each target from one padded forward pass of the frozen LLM.
 
     e: (B, D) or (B, k, D); m: (B, D) or (1, D) shared; pos: optional position codes added to the m copies
@@ -63,14 +64,16 @@ def reconstruction_loss(llm, e: torch.Tensor, m: torch.Tensor, targets: Sequence
     no attention mask, attention being causal). precision 'bf16' autocasts the LLM's matmuls. A text's
     loss does not depend on its batch-mates. margin > 0: `acc` counts a token only when its logit beats every
     other token's by at least `margin` (a solution that survives other arithmetic, e.g. bf16 at another batch
-    shape); 0: the argmax."""
+    shape); 0: the argmax. logit_bias: (V,) added to the logits inside the cross-entropy only (a logit-adjusted
+    loss, `TrainConfig.logit_adjust`); `acc` reads the raw logits, as decoding does."""
     tgt = pad_targets(targets, e.device)
     with llm.autocast(precision):
         logits = llm.proto_logits(e, m, tgt.shape[1], layout, pos, context)
     logits = logits.float()
     valid = tgt != IGNORE
     lengths = valid.sum(1)
-    ce = F.cross_entropy(logits.transpose(1, 2), tgt, ignore_index=IGNORE, reduction="none").sum(1) / lengths
+    adjusted = logits if logit_bias is None else logits + logit_bias.to(logits)
+    ce = F.cross_entropy(adjusted.transpose(1, 2), tgt, ignore_index=IGNORE, reduction="none").sum(1) / lengths
     if margin > 0:
         with torch.no_grad():
             safe = tgt.clamp(min=0)[..., None]

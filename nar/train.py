@@ -31,7 +31,17 @@ from nar.losses import ctc_reconstruction_loss, reconstruction_loss
 from nar.schedule import warmup_cosine
 
 
-def losses(enc: Encoder, llm: FrozenLLM, batch: Pairs, layout: Layout, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+def token_prior_bias(token_ids: list[list[int]], vocab: int, tau: float) -> torch.Tensor:
+    """(V,) tau * log of each token's smoothed frequency in `token_ids` (add-one over the vocabulary): the
+    logit adjustment of `TrainConfig.logit_adjust`, text-independent."""
+    counts = torch.ones(vocab)
+    counts.index_add_(0, torch.tensor([t for x in token_ids for t in x], dtype=torch.long),
+                      torch.ones(sum(len(x) for x in token_ids)))
+    return tau * (counts / counts.sum()).log()
+
+
+def losses(enc: Encoder, llm: FrozenLLM, batch: Pairs, layout: Layout, cfg: TrainConfig,
+           logit_bias: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     with llm.autocast(cfg.precision):
         e, m, len_logits = enc(batch.sources)
     e, m, len_logits = e.float(), m.float(), len_logits.float()
@@ -44,7 +54,7 @@ def losses(enc: Encoder, llm: FrozenLLM, batch: Pairs, layout: Layout, cfg: Trai
                                                  enc.cfg.ctc_blank, cfg.precision, enc.head.pos, ctx)
         else:
             out["ce"] = reconstruction_loss(llm, e, m_in, batch.token_ids, layout, cfg.precision, enc.head.pos,
-                                            ctx).token_mean()
+                                            ctx, logit_bias=logit_bias).token_mean()
     lengths = torch.tensor([min(len(x), enc.cfg.max_len) - 1 for x in batch.token_ids], device=e.device)
     out["len"] = F.cross_entropy(len_logits, lengths)
     total = cfg.w_ce * out.get("ce", out.get("ctc", 0.0)) + cfg.w_len * out["len"]
@@ -59,10 +69,10 @@ def losses(enc: Encoder, llm: FrozenLLM, batch: Pairs, layout: Layout, cfg: Trai
 
 
 def train_step(enc: Encoder, llm: FrozenLLM, batch: Pairs, layout: Layout, cfg: TrainConfig, opt,
-               params: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+               params: list[torch.Tensor], logit_bias: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """One optimiser step on `batch` (losses, backward, gradient clipping, AdamW); returns the loss parts."""
     enc.train()
-    parts = losses(enc, llm, batch, layout, cfg)
+    parts = losses(enc, llm, batch, layout, cfg, logit_bias)
     opt.zero_grad(set_to_none=True)
     parts["total"].backward()
     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -80,6 +90,18 @@ def ctc_blank_id(llm: FrozenLLM) -> int:
         raise NarError("this tokenizer has no special token to serve as the CTC blank: pass --ctc-blank ID "
                        "(a token id no target uses)")
     return free[0]
+
+
+def param_groups(enc: Encoder, cfg: TrainConfig) -> list[dict]:
+    """AdamW groups: the encoder at lr, its per-token table (if any) at table_lr without weight decay (a row
+    sits still between the batches that hold its token and must not decay meanwhile). `lr_scale` is each
+    group's share of the scheduled rate."""
+    table = getattr(enc.head, "tok_table", None)
+    rest = [p for p in enc.trainable_parameters() if p is not table]
+    groups = [{"params": rest, "lr_scale": 1.0}]
+    if table is not None:
+        groups.append({"params": [table], "lr_scale": cfg.table_lr / cfg.lr, "weight_decay": 0.0})
+    return groups
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -107,14 +129,17 @@ def init_from(cfg: TrainConfig, enc_cfg: EncoderConfig, llm: FrozenLLM, layout: 
         return enc_cfg, None
     base = Encoder.from_pretrained(cfg.init_from, llm=llm)
     theirs, default = base.cfg.to_dict(), EncoderConfig().to_dict()
-    clash = sorted(k for k, v in enc_cfg.to_dict().items() if v != default[k] and v != theirs[k])
+    # a per-token table may be added to a checkpoint without one: its rows start at zero, so the encoder starts
+    # as the checkpoint's
+    grow = {"token_table": enc_cfg.token_table} if theirs["token_table"] == 0 and enc_cfg.token_table else {}
+    clash = sorted(k for k, v in enc_cfg.to_dict().items() if v != default[k] and v != theirs[k] and k not in grow)
     if clash:
         raise NarError(f"--init-from {cfg.init_from} fixes the encoder options; these differ from it: "
                        + ", ".join(f"{k}={getattr(enc_cfg, k)!r} (checkpoint: {theirs[k]!r})" for k in clash))
     if base.layout.to_dict() != layout.to_dict():
         raise NarError(f"--init-from {cfg.init_from}: trained with layout {base.layout.to_dict()}, this run uses "
                        f"{layout.to_dict()}")
-    return base.cfg, base
+    return base.cfg.replace(**grow), base
 
 
 def train_encoder(data: str | Path, cfg: TrainConfig, enc_cfg: EncoderConfig, *, llm: FrozenLLM,
@@ -146,18 +171,24 @@ def train_encoder(data: str | Path, cfg: TrainConfig, enc_cfg: EncoderConfig, *,
     emb = llm.model.get_input_embeddings().weight.detach().float()
     means = (train.e.mean(0), train.m.mean(0)) if train.e is not None else (emb.mean(0), emb.mean(0))
     enc.init_outputs(*means)
-    if base is not None:
-        enc.load_state_tensors(base.state_tensors())
+    if base is not None:  # what the checkpoint lacks (a grown token table) keeps this encoder's own start
+        enc.load_state_tensors({**enc.state_tensors(), **base.state_tensors()})
     elif enc_cfg.init_spread > 0 and not cfg.resume:
         sample = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))[:64].tolist()
         enc.spread_outputs(train.take(sample).sources, *means, enc_cfg.init_spread * float(emb.norm(dim=-1).mean()))
     params = enc.trainable_parameters()
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(param_groups(enc, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(cfg.seed)
     start, best = 0, -1.0
     if cfg.resume:
         start, best = _resume(run / "last", enc, opt, g)
     lengths = torch.tensor([len(x) for x in train.token_ids])
+    bias = None
+    if cfg.logit_adjust > 0:
+        if enc_cfg.ctc_slots:
+            raise NarError("--logit-adjust applies to the position-wise cross-entropy, not to CTC (--ctc-slots)")
+        vocab = llm.model.get_output_embeddings().weight.shape[0]
+        bias = token_prior_bias(train.token_ids, vocab, cfg.logit_adjust).to(llm.device)
     tb = TensorBoardWriter(run / "tb")
     last_val: dict = {}
     t0 = time.perf_counter()
@@ -180,8 +211,8 @@ def train_encoder(data: str | Path, cfg: TrainConfig, enc_cfg: EncoderConfig, *,
                 _save_last(run / "last", enc, opt, g, step, best)
             batch = train.take(_sample(lengths, step, cfg, g))
             for pg in opt.param_groups:
-                pg["lr"] = lr_at(step, cfg)
-            parts = train_step(enc, llm, batch, layout, cfg, opt, params)
+                pg["lr"] = lr_at(step, cfg) * pg.get("lr_scale", 1.0)
+            parts = train_step(enc, llm, batch, layout, cfg, opt, params, bias)
             for k, v in parts.items():
                 tb.scalar(f"encoder/loss_{k}", float(v.detach()), step)
             tb.scalar("encoder/lr", lr_at(step, cfg), step)

@@ -584,3 +584,89 @@ def test_center_grad_sends_the_shared_pull_to_the_biases_only(tiny_llm):
     again.load_state_tensors(enc.state_tensors())  # what a checkpoint's model.safetensors holds
     assert torch.equal(again.head.h_mean, running)
     assert torch.allclose(again.predict(srcs[:1])[1], m_one, atol=1e-5)
+
+
+def test_logit_adjusted_loss_shifts_the_cross_entropy_not_the_argmax(tiny_llm, texts_file, tmp_path):
+    """logit_adjust: the CE is taken over logits + tau * log(prior) (frequent tokens get a head start, so the
+    encoder must win them by a margin), the accuracy and decoding read the raw logits; a run trains with it."""
+    import torch.nn.functional as F
+
+    from nar.llm import Layout
+    from nar.losses import reconstruction_loss
+    from nar.train import token_prior_bias
+
+    bias = token_prior_bias([[3, 3, 3, 5], [3, 7]], vocab=10, tau=2.0)
+    assert bias[3] > bias[5] == bias[7] > bias[0] == bias[9]  # counts 4 > 1 = 1 > 0 (add-one smoothed)
+    assert torch.allclose(bias[3] - bias[0], 2.0 * torch.log(torch.tensor(5.0)))
+    layout = Layout(prefix_ids=(tiny_llm.tokenizer.bos_token_id or 0,))
+    torch.manual_seed(0)
+    e, m = torch.randn(2, tiny_llm.hidden_size), torch.randn(2, tiny_llm.hidden_size)
+    targets = [[5, 6, 7], [8, 9]]
+    vocab = tiny_llm.model.get_output_embeddings().weight.shape[0]
+    big = token_prior_bias([[5, 6, 7]] * 50, vocab, 1.0)
+    plain = reconstruction_loss(tiny_llm, e, m, targets, layout)
+    adj = reconstruction_loss(tiny_llm, e, m, targets, layout, logit_bias=big)
+    logits = tiny_llm.proto_logits(e, m, 3, layout).float()
+    want = F.cross_entropy((logits[0] + big), torch.tensor([5, 6, 7]))
+    assert torch.allclose(adj.ce[0], want, atol=1e-5)
+    assert adj.ce[0] < plain.ce[0] and adj.ce[1] > plain.ce[1]  # text 0's tokens are the frequent ones
+    assert torch.equal(adj.acc, plain.acc)
+    cfg = TrainConfig(run_dir=str(tmp_path / "run"), steps=4, val_every=4, save_every=4, logit_adjust=1.0,
+                      val_data=str(texts_file / "dev.jsonl"), **RUN)
+    res = train_encoder(texts_file / "train.jsonl", cfg, ENC, llm=tiny_llm, show_progress=False)
+    assert json.loads((tmp_path / "run" / "last" / "config.json").read_text())["train_config"]["logit_adjust"] == 1.0
+    assert res["steps"] == 4
+    with pytest.raises(NarError, match="logit_adjust"):
+        TrainConfig(logit_adjust=-1.0)
+
+
+def test_token_table_learns_only_the_rows_of_trained_tokens_and_saves_them_sparse(tiny_llm, texts_file, tmp_path):
+    """token_table: a zero-started row per token id, trained at table_lr without decay; rows of tokens that no
+    training source holds stay exactly zero, and the checkpoint stores only the trained rows, reloading to the
+    same encoder."""
+    cfg = EncoderConfig(**{**ENC.to_dict(), "head": "sum", "token_table": 4})
+    tcfg = TrainConfig(run_dir=str(tmp_path / "run"), steps=6, val_every=6, save_every=6, table_lr=0.05,
+                       val_data=str(texts_file / "dev.jsonl"), **RUN)
+    res = train_encoder(texts_file / "train.jsonl", tcfg, cfg, llm=tiny_llm, show_progress=False)
+    enc = res["encoder"]
+    table = enc.head.tok_table.detach()
+    seen = {t for line in (texts_file / "train.jsonl").read_text().splitlines()
+            for t in tiny_llm.tokenizer(json.loads(line)["text"], add_special_tokens=False).input_ids}
+    trained = set(table.abs().sum(1).nonzero().flatten().tolist())
+    assert trained and trained <= seen
+    stored = enc.state_tensors()
+    assert "head.tok_table" not in stored and set(stored["head.tok_table.rows"].tolist()) == trained
+    loaded = Encoder.from_pretrained(tmp_path / "run" / "last", llm=tiny_llm)
+    assert torch.equal(loaded.head.tok_table, table.cpu())
+    src = ["the cat sat on the mat"]
+    assert torch.equal(loaded.predict(src)[1], enc.predict(src)[1])
+    with pytest.raises(NarError, match="token_table"):
+        EncoderConfig(head="attention", token_table=4)
+
+
+def test_init_from_may_grow_a_token_table_starting_as_the_checkpoint(tiny_llm, texts_file, tmp_path, monkeypatch):
+    """--init-from a checkpoint without a token table, with --token-table R: the table's rows start at zero, so
+    the first step sees exactly the checkpoint's encoder; other differing options are still refused."""
+    import nar.train as train_mod
+
+    kw = dict(val_every=1000, save_every=1000, val_data=str(texts_file / "dev.jsonl"), **RUN)
+    sum_head = EncoderConfig(**{**ENC.to_dict(), "head": "sum"})
+    train_encoder(texts_file / "train.jsonl", TrainConfig(run_dir=str(tmp_path / "a"), steps=3, **kw), sum_head,
+                  llm=tiny_llm, show_progress=False)
+    base = Encoder.from_pretrained(tmp_path / "a" / "last", llm=tiny_llm)
+    src = ["the cat sat on the mat", "birds sing in the morning"]
+    real, first = train_mod.train_step, []
+
+    def spy(enc_, *a, **k):
+        if not first:
+            first.append(enc_.predict(src))
+        return real(enc_, *a, **k)
+
+    monkeypatch.setattr(train_mod, "train_step", spy)
+    grown = train_encoder(texts_file / "train.jsonl",
+                          TrainConfig(run_dir=str(tmp_path / "b"), steps=3, init_from=str(tmp_path / "a" / "last"),
+                                      **kw), EncoderConfig(token_table=4), llm=tiny_llm, show_progress=False)["encoder"]
+    assert grown.cfg == base.cfg.replace(token_table=4)
+    for x, y in zip(first[0], base.predict(src)):
+        assert (torch.allclose(x, y) if torch.is_tensor(x) else x == y)
+    assert grown.head.tok_table.abs().sum() > 0
