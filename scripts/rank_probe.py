@@ -42,10 +42,11 @@ def log_probs(enc, llm, pairs, bs=64):
     return out
 
 
-def accuracy(lps, targets, adjust):
+def accuracy(lps, targets, adjust, tau):
+    """Pooled token accuracy and exact match of argmax(adjust(log-probs, tau))."""
     tok = ex = tot = 0
     for lp, t in zip(lps, targets):
-        pred = adjust(lp).argmax(-1).tolist()
+        pred = adjust(lp, tau).argmax(-1).tolist()
         right = sum(p == x for p, x in zip(pred, t))
         tok += right
         tot += len(t)
@@ -84,8 +85,8 @@ def main() -> None:
             rs = sorted(rs)
             res["rank_by_train_frequency"][b] = {
                 "tokens": len(rs), "top1": round(sum(r == 0 for r in rs) / len(rs), 3),
-                "top5": round(sum(r < 5 for r in rs) / len(rs), 3), "top50": round(sum(r < 50 for r in rs) / len(rs), 3),
-                "median_rank": rs[len(rs) // 2]}
+                "top5": round(sum(r < 5 for r in rs) / len(rs), 3),
+                "top50": round(sum(r < 50 for r in rs) / len(rs), 3), "median_rank": rs[len(rs) // 2]}
     # the system's marginal output per position, over training sources
     idx = list(range(len(train)))
     random.Random(0).shuffle(idx)
@@ -105,13 +106,13 @@ def main() -> None:
                      ("marginal", lambda lp, tau: lp - tau * marg[: lp.shape[0]])):
         best = None
         for tau in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0):
-            acc, ex = accuracy([lps[i] for i in tune], [held.token_ids[i] for i in tune], lambda lp: fn(lp, tau))
+            acc, ex = accuracy([lps[i] for i in tune], [held.token_ids[i] for i in tune], fn, tau)
             res["corrections"].append({"kind": name, "tau": tau, "split": "tune", "token_acc": round(acc, 4),
                                        "exact": round(ex, 4)})
             if best is None or acc > best[1]:
                 best = (tau, acc)
-        acc, ex = accuracy([lps[i] for i in test], T, lambda lp: fn(lp, best[0]))
-        acc0, ex0 = accuracy([lps[i] for i in test], T, lambda lp: lp)
+        acc, ex = accuracy([lps[i] for i in test], T, fn, best[0])
+        acc0, ex0 = accuracy([lps[i] for i in test], T, fn, 0.0)
         res["corrections"].append({"kind": name, "tau": best[0], "split": "test", "token_acc": round(acc, 4),
                                    "exact": round(ex, 4), "uncorrected_token_acc": round(acc0, 4),
                                    "uncorrected_exact": round(ex0, 4)})
