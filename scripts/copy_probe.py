@@ -1,11 +1,13 @@
 """Is there a token-general copy path into the one pass? (docs/ENCODER.md, twelfth session)
 
-    python scripts/copy_probe.py [N_HELD_OUT]       # default 300
+    python scripts/copy_probe.py [N_HELD_OUT] [bag]     # default 300; 'bag': the bag-only rows alone
 
 Adds alpha x (the source's bag of token embeddings, scaled to one mean token norm) to the shipped encoder's e
-(or to e and m) and prints, per training-frequency band of the target token: [tokens, top-1 at its own position,
-top-50 at its own position, top-50 at any output position]. If the frozen LLM copied token identities out of a
-superposed input (as its attention heads copy context tokens), those figures would rise for every band alike.
+(or to e and m; or, 'bag-only', e = the mean token embedding + the bag and m = the mean embedding, the natural
+norm where fitted proto-tokens live) and prints, per training-frequency band of the target token: [tokens,
+top-1 at its own position, top-50 at its own position, top-50 at any output position]. If the frozen LLM copied
+token identities out of a superposed input (as its attention heads copy context tokens), those figures would
+rise for every band alike.
 """
 import sys
 from collections import Counter
@@ -25,8 +27,11 @@ freq = Counter(x for t in train.token_ids for x in t)
 E = llm.model.get_input_embeddings().weight.float()
 BANDS = ((0, 0, "0"), (1, 9, "1-9"), (10, 99, "10-99"), (100, 10**9, ">=100"))
 res = {}
-for where in ("none", "e", "em"):
+mean = E.mean(0)
+for where in ("none", "e", "em", "bag-only"):
     for alpha in ((0.0,) if where == "none" else (1.0, 3.0, 10.0)):
+        if where != "bag-only" and len(sys.argv) > 2:
+            continue
         acc = {b: [0, 0, 0, 0] for *_, b in BANDS}  # tokens, top1 own pos, top50 own pos, top50 anywhere
         for lo in range(0, len(held), 64):
             src, tg = held.sources[lo:lo + 64], held.token_ids[lo:lo + 64]
@@ -35,6 +40,8 @@ for where in ("none", "e", "em"):
             e, m = e.float(), m.float()
             bag = torch.stack([E[torch.tensor(t)].sum(0) for t in tg])
             bag = bag / bag.norm(dim=-1, keepdim=True) * E.norm(dim=-1).mean()
+            if where == "bag-only":  # no encoder: e = the mean embedding + the bag, m = the mean embedding
+                e, m = (mean + alpha * bag)[:, None], mean.expand_as(m)
             if where in ("e", "em"):
                 e = e + alpha * bag[:, None]
             if where == "em":
