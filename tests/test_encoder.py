@@ -452,9 +452,9 @@ def test_evaluation_sees_the_training_subset_of_a_limited_run(tiny_llm, texts_fi
     seen: set[str] = set()
     real = tr.losses
 
-    def spy(enc, llm, batch, layout, cfg):
+    def spy(enc, llm, batch, layout, cfg, *rest):
         seen.update(batch.ids)
-        return real(enc, llm, batch, layout, cfg)
+        return real(enc, llm, batch, layout, cfg, *rest)
 
     monkeypatch.setattr(tr, "losses", spy)
     cfg = TrainConfig(run_dir=str(tmp_path / "run"), steps=4, val_every=1000, save_every=1000, limit=4,
