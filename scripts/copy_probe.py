@@ -18,44 +18,49 @@ from nar.data import checkpoint_splits
 from nar.encoder import Encoder
 from nar.llm import load_llm
 
-torch.set_grad_enabled(False)
-llm = load_llm()
-enc = Encoder.from_pretrained("checkpoints/stsb-autoencoder", llm=llm)
-train, held, _ = checkpoint_splits(enc.meta, llm)
-held = held.take(list(range(int(sys.argv[1]) if len(sys.argv) > 1 else 300)))
-freq = Counter(x for t in train.token_ids for x in t)
-E = llm.model.get_input_embeddings().weight.float()
 BANDS = ((0, 0, "0"), (1, 9, "1-9"), (10, 99, "10-99"), (100, 10**9, ">=100"))
-res = {}
-mean = E.mean(0)
-for where in ("none", "e", "em", "bag-only"):
-    for alpha in ((0.0,) if where == "none" else (1.0, 3.0, 10.0)):
-        if where != "bag-only" and len(sys.argv) > 2:
-            continue
-        acc = {b: [0, 0, 0, 0] for *_, b in BANDS}  # tokens, top1 own pos, top50 own pos, top50 anywhere
-        for lo in range(0, len(held), 64):
-            src, tg = held.sources[lo:lo + 64], held.token_ids[lo:lo + 64]
-            with llm.autocast("auto"):
-                e, m, _ = enc(src)
-            e, m = e.float(), m.float()
-            bag = torch.stack([E[torch.tensor(t)].sum(0) for t in tg])
-            bag = bag / bag.norm(dim=-1, keepdim=True) * E.norm(dim=-1).mean()
-            if where == "bag-only":  # no encoder: e = the mean embedding + the bag, m = the mean embedding
-                e, m = (mean + alpha * bag)[:, None], mean.expand_as(m)
-            if where in ("e", "em"):
-                e = e + alpha * bag[:, None]
-            if where == "em":
-                m = m + alpha * bag
-            n = max(len(t) for t in tg)
-            with llm.autocast("auto"):
-                lg = llm.proto_logits(e, m, n, enc.layout).float()
-            for j, t in enumerate(tg):
-                lj = lg[j, :len(t)]
-                for i, x in enumerate(t):
-                    b = next(b for a, c, b in BANDS if a <= freq[x] <= c)
-                    r_own = int((lj[i] > lj[i, x]).sum())
-                    r_any = int((lj > lj[:, x:x + 1]).sum(1).min())
-                    a = acc[b]
-                    a[0], a[1], a[2], a[3] = a[0] + 1, a[1] + (r_own == 0), a[2] + (r_own < 50), a[3] + (r_any < 50)
-        res[f"{where} a={alpha}"] = {b: [v[0]] + [round(x / v[0], 3) for x in v[1:]] for b, v in acc.items()}
-        print(f"{where} a={alpha}", res[f"{where} a={alpha}"], flush=True)
+
+
+@torch.no_grad()
+def main() -> None:
+    llm = load_llm()
+    enc = Encoder.from_pretrained("checkpoints/stsb-autoencoder", llm=llm)
+    train, held, _ = checkpoint_splits(enc.meta, llm)
+    held = held.take(list(range(int(sys.argv[1]) if len(sys.argv) > 1 else 300)))
+    freq = Counter(x for t in train.token_ids for x in t)
+    E = llm.model.get_input_embeddings().weight.float()
+    mean = E.mean(0)
+    batches = []  # the encoder's (e, m) and the bag of each batch, computed once for every setting below
+    for lo in range(0, len(held), 64):
+        src, tg = held.sources[lo:lo + 64], held.token_ids[lo:lo + 64]
+        with llm.autocast("auto"):
+            e, m, _ = enc(src)
+        bag = torch.stack([E[torch.tensor(t)].sum(0) for t in tg])
+        batches.append((tg, e.float(), m.float(), bag / bag.norm(dim=-1, keepdim=True) * E.norm(dim=-1).mean()))
+    for where in ("none", "e", "em", "bag-only"):
+        for alpha in ((0.0,) if where == "none" else (1.0, 3.0, 10.0)):
+            if where != "bag-only" and len(sys.argv) > 2:
+                continue
+            acc = {b: [0, 0, 0, 0] for *_, b in BANDS}  # tokens, top1 own pos, top50 own pos, top50 anywhere
+            for tg, e, m, bag in batches:
+                if where == "bag-only":  # no encoder: e = the mean embedding + the bag, m = the mean embedding
+                    e, m = (mean + alpha * bag)[:, None], mean.expand_as(m)
+                if where in ("e", "em"):
+                    e = e + alpha * bag[:, None]
+                if where == "em":
+                    m = m + alpha * bag
+                with llm.autocast("auto"):
+                    lg = llm.proto_logits(e, m, max(len(t) for t in tg), enc.layout).float()
+                for j, t in enumerate(tg):
+                    lj = lg[j, :len(t)]
+                    for i, x in enumerate(t):
+                        a = acc[next(b for lo, hi, b in BANDS if lo <= freq[x] <= hi)]
+                        r_own = int((lj[i] > lj[i, x]).sum())
+                        r_any = int((lj > lj[:, x:x + 1]).sum(1).min())
+                        a[0], a[1], a[2], a[3] = a[0] + 1, a[1] + (r_own == 0), a[2] + (r_own < 50), a[3] + (r_any < 50)
+            row = {b: [v[0]] + [round(x / v[0], 3) for x in v[1:]] for b, v in acc.items()}
+            print(f"{where} a={alpha}", row, flush=True)
+
+
+if __name__ == "__main__":
+    main()

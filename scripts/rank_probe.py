@@ -3,7 +3,7 @@
     python scripts/rank_probe.py [CHECKPOINT] [--limit N]
 
 For each held-out sentence the encoder's (e, m) go through one pass at the TRUE length; per target token we
-record its rank among the V logits, banded by its count in the checkpoint's training targets. Then three
+record its rank among the V logits, banded by its count in the checkpoint's training targets. Then two
 text-independent corrections of the logits are swept (tuned on the even-indexed held-out sentences, reported on
 the odd ones):
   unigram   logits - tau * log(count + 1)                    (logit adjustment for a long-tailed label prior)
@@ -19,12 +19,12 @@ import random
 from collections import Counter
 
 import torch
+from generalisation_probe import FREQ_BUCKETS as BANDS  # the frequency bands of the generalisation probe
 
 from nar.data import checkpoint_splits
 from nar.encoder import Encoder
 from nar.llm import load_llm
-
-BANDS = ((0, 0, "0"), (1, 9, "1-9"), (10, 99, "10-99"), (100, 999, "100-999"), (1000, 10**9, ">=1000"))
+from nar.train import token_prior_bias
 
 
 @torch.no_grad()
@@ -68,9 +68,6 @@ def main() -> None:
     held = held.take(list(range(n)))
     freq = Counter(x for t in train.token_ids for x in t)
     V = llm.model.get_input_embeddings().weight.shape[0]
-    count = torch.zeros(V)
-    for k, c in freq.items():
-        count[k] = c
     lps = log_probs(enc, llm, held)
     # ranks by band
     ranks = {b: [] for *_, b in BANDS}
@@ -97,12 +94,13 @@ def main() -> None:
     for i in range(width):
         rows = [x[i] for x in tr_lps if len(x) > i]
         marg[i] = torch.stack(rows).exp().mean(0).clamp_min(1e-12).log()
-    log_count = (count + 1).log()
+    # log of the add-one smoothed training frequency: log(count + 1) up to a constant, which no argmax sees
+    log_prior = token_prior_bias(train.token_ids, V, 1.0)
     tune = list(range(0, n, 2))
     test = list(range(1, n, 2))
     T = [held.token_ids[i] for i in test]
     res["corrections"] = []
-    for name, fn in (("unigram", lambda lp, tau: lp - tau * log_count),
+    for name, fn in (("unigram", lambda lp, tau: lp - tau * log_prior),
                      ("marginal", lambda lp, tau: lp - tau * marg[: lp.shape[0]])):
         best = None
         for tau in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0):

@@ -646,7 +646,7 @@ def test_token_table_learns_only_the_rows_of_trained_tokens_and_saves_them_spars
 
 def test_init_from_may_grow_a_token_table_starting_as_the_checkpoint(tiny_llm, texts_file, tmp_path, monkeypatch):
     """--init-from a checkpoint without a token table, with --token-table R: the table's rows start at zero, so
-    the first step sees exactly the checkpoint's encoder; other differing options are still refused."""
+    the first step sees exactly the checkpoint's encoder."""
     import nar.train as train_mod
 
     kw = dict(val_every=1000, save_every=1000, val_data=str(texts_file / "dev.jsonl"), **RUN)
