@@ -18,7 +18,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -153,11 +153,31 @@ class _Slot:
     last_loss: float = math.inf
 
 
+def _opt_state(opt: torch.optim.Optimizer, p: torch.Tensor) -> dict:
+    return {k: (v.detach().cpu().clone() if torch.is_tensor(v) else v) for k, v in opt.state.get(p, {}).items()}
+
+
+def slot_state(s: _Slot, e: torch.Tensor, m: torch.Tensor, opt: torch.optim.Optimizer) -> dict:
+    """Everything a text's fit needs to go on later exactly where it is: its vectors, their AdamW moments,
+    its step count and the best state seen so far (all on the CPU, `torch.save`-able)."""
+    return {"e": e.detach().cpu().clone(), "m": m.detach().cpu().clone(),
+            "opt": [_opt_state(opt, e), _opt_state(opt, m)], "steps": s.steps, "best_acc": s.best_acc,
+            "best_loss": s.best_loss, "best_e": s.best_e, "best_m": s.best_m, "last_loss": s.last_loss,
+            "seconds": time.perf_counter() - s.started}
+
+
 def fit_stream(llm: FrozenLLM, items: Iterable[FitItem], cfg: FitConfig, *,
                extra_loss: ExtraLoss | None = None, pin_e: PinE | None = None,
-               on_step: Callable[[StepStats], None] | None = None) -> Iterator[FitResult]:
+               on_step: Callable[[StepStats], None] | None = None,
+               resume: Mapping[str, dict] | None = None,
+               on_snapshot: Callable[[dict[str, dict]], None] | None = None,
+               snapshot_every: int = 50) -> Iterator[FitResult]:
     """Fit every item; yield each result as soon as its slot finishes (not in input order). With pin_e, e is
-    projected by it at the start and after every update (a constraint rather than a loss)."""
+    projected by it at the start and after every update (a constraint rather than a loss).
+
+    Long fits survive a stop: every `snapshot_every` batch steps, on_snapshot gets {item key: `slot_state`} of
+    the texts still fitting; an item whose key is in `resume` (such a dict, from an earlier run) goes on from
+    that state instead of its start, so the stopped and resumed fit makes the same updates as one run."""
     layout = make_layout(llm, cfg)
     dev, dim = llm.device, llm.hidden_size
     n_slots = cfg.num_slots
@@ -170,6 +190,8 @@ def fit_stream(llm: FrozenLLM, items: Iterable[FitItem], cfg: FitConfig, *,
     slots: list[_Slot | None] = [None] * n_slots
     if cfg.sort_by_length:  # longest first; stable: equal lengths keep their input order
         items = sorted(items, key=lambda it: -len(it.ids))
+    if resume:  # texts stopped mid-fit go on first, so they do not wait behind texts not yet started
+        items = sorted(items, key=lambda it: it.key not in resume)
     pending = iter(items)
 
     def fill(i: int) -> bool:
@@ -177,16 +199,27 @@ def fit_stream(llm: FrozenLLM, items: Iterable[FitItem], cfg: FitConfig, *,
         if item is None:
             slots[i] = None
             return False
-        e0, m0 = initial_vectors(llm, item, cfg)
-        if pin_e is not None:
-            e0 = pin_e(e0[None].to(dev), [item])[0]
+        saved = (resume or {}).get(item.key)
+        if saved is not None:
+            e0, m0 = saved["e"], saved["m"]
+        else:
+            e0, m0 = initial_vectors(llm, item, cfg)
+            if pin_e is not None:
+                e0 = pin_e(e0[None].to(dev), [item])[0]
         with torch.no_grad():
             e_params[i].copy_(e0)
             m_params[i].copy_(m0)
-        for p in (e_params[i], m_params[i]):
+        for j, p in enumerate((e_params[i], m_params[i])):
             opt.state.pop(p, None)
             p.grad = None
+            if saved is not None and saved["opt"][j]:
+                opt.state[p] = {k: (v.clone() if k == "step" else v.to(dev, copy=True)) if torch.is_tensor(v) else v
+                                for k, v in saved["opt"][j].items()}
         slots[i] = _Slot(item, torch.tensor(item.ids, dtype=torch.long, device=dev), time.perf_counter())
+        if saved is not None:
+            for k in ("steps", "best_acc", "best_loss", "best_e", "best_m", "last_loss"):
+                setattr(slots[i], k, saved[k])
+            slots[i].started -= saved["seconds"]
         return True
 
     for i in range(n_slots):
@@ -196,6 +229,8 @@ def fit_stream(llm: FrozenLLM, items: Iterable[FitItem], cfg: FitConfig, *,
         act = [i for i, s in enumerate(slots) if s is not None]
         if not act:
             return
+        if on_snapshot is not None and step and step % snapshot_every == 0:
+            on_snapshot({slots[i].item.key: slot_state(slots[i], e_params[i], m_params[i], opt) for i in act})
         E = torch.stack([e_params[i] for i in act])
         M = torch.stack([m_params[i] for i in act])
         own_margin = cfg.margin if llm.precision(cfg.precision) == "fp32" or not cfg.verify_fp32 else 0.0

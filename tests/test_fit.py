@@ -60,6 +60,41 @@ def test_continuous_batching_refills_slots(tiny_llm):
     assert all(r.converged for r in results)
 
 
+def test_a_fit_stopped_mid_way_goes_on_from_its_snapshot(tiny_llm):
+    # A job killed between snapshots loses only the steps since the last one: resumed from it, each text makes
+    # the same updates as in one uninterrupted run (same step count, same vectors to float rounding).
+    cfg = FitConfig(**{**FAST, "max_steps": 40, "lr": 1e-2}, num_slots=2)
+
+    def items():
+        return [FitItem(str(i), tiny_llm.encode(t)) for i, t in enumerate(TEXTS)]
+
+    steps = {"whole": [], "resumed": []}
+    whole = {r.key: r for r in fit_stream(tiny_llm, items(), cfg, on_step=steps["whole"].append)}
+    snaps, first = [], {}
+
+    class Killed(Exception):
+        pass
+
+    def snapshot(state):
+        snaps.append(state)
+        if len(snaps) == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        for r in fit_stream(tiny_llm, items(), cfg, on_snapshot=snapshot, snapshot_every=10):
+            first[r.key] = r
+    saved = snaps[-1]
+    assert saved and all(s["steps"] == 20 and s["opt"][0] for s in saved.values())
+    resumed = {r.key: r for r in fit_stream(tiny_llm, [it for it in items() if it.key not in first], cfg,
+                                            resume=saved, on_step=steps["resumed"].append)}
+    assert sorted(first | resumed) == sorted(whole)
+    assert len(steps["resumed"]) == len(steps["whole"]) - 20  # it went on from step 20, not from the start
+    for k, r in resumed.items():
+        assert r.steps == whole[k].steps and r.accuracy == pytest.approx(whole[k].accuracy)
+        torch.testing.assert_close(r.e, whole[k].e, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(r.m, whole[k].m, atol=1e-4, rtol=1e-4)
+
+
 def test_best_vectors_are_the_ones_reported(tiny_llm):
     cfg = FitConfig(precision="fp32", max_steps=8, lr=1e-2)
     rs = fit_texts(tiny_llm, TEXTS, cfg)

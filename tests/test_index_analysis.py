@@ -151,12 +151,15 @@ def test_semantics_analysis(tiny_llm, teacher, tmp_path):
 
 
 def test_capacity_and_connectivity(tiny_llm, tmp_path, monkeypatch):
+    import nar.analysis.capacity as cap
+    import nar.fit
     from nar.analysis.capacity import run_capacity
     from nar.analysis.connectivity import run_connectivity
 
     cfg = FitConfig(**FIT)
     texts = ["the cat sat on the mat and the dog ran in the park", "a bird sang on the roof of the old red barn"]
     fitted = []
+    passes = [record_calls(monkeypatch, m, "reconstruction_loss") for m in (nar.fit, cap)]
     res = run_capacity(tmp_path / "cap", CapacityConfig(ns=(2, 4, 8), m="both"), llm=tiny_llm, fit=cfg,
                        texts=texts, on_result=fitted.append)
     assert [(r["mode"], r["n"]) for r in res["rows"] if r["text"] == 0] == [
@@ -167,6 +170,34 @@ def test_capacity_and_connectivity(tiny_llm, tmp_path, monkeypatch):
     again = run_capacity(tmp_path / "cap", CapacityConfig(ns=(2, 4, 8), m="both"), llm=tiny_llm, fit=cfg,
                          texts=texts, on_result=fitted.append)  # resumed: nothing is fitted twice
     assert len(fitted) == 12 and again["resumed_rows"] == 12 and again["rows"] == res["rows"]
+    whole = [len(p) for p in passes]
+    # killed in each mode right after its first in-flight snapshot: the re-runs go on from it, same rows
+    from nar.analysis.report import RowLog
+
+    class Killed(Exception):
+        pass
+
+    save = RowLog.save_state
+    for tag in ("per-text", "shared"):
+        def save_then_die(self, t, state, tag=tag):
+            save(self, t, state)
+            if t == tag:
+                raise Killed
+        monkeypatch.setattr(RowLog, "save_state", save_then_die)
+        with pytest.raises(Killed):
+            run_capacity(tmp_path / "cap2", CapacityConfig(ns=(2, 4, 8), m="both"), llm=tiny_llm, fit=cfg,
+                         texts=texts, snapshot_every=3)
+        assert (tmp_path / "cap2" / f"capacity-inflight-{tag}.pt").is_file()
+    monkeypatch.setattr(RowLog, "save_state", save)
+    cut = run_capacity(tmp_path / "cap2", CapacityConfig(ns=(2, 4, 8), m="both"), llm=tiny_llm, fit=cfg,
+                       texts=texts, snapshot_every=3)
+
+    def same(rows):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+    assert 0 < cut["resumed_rows"] < 12 and same(cut["rows"]) == same(res["rows"])
+    # killed just after a snapshot, so the three runs together made exactly the passes of the one run, no more
+    assert [len(p) - w for p, w in zip(passes, whole)] == whole
     con, two = ConnectivityConfig(curve_steps=30, grid=5), ["the cat sat on the mat", "a dog ran in the park"]
     import nar.analysis.connectivity as conn
 

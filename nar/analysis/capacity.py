@@ -8,11 +8,13 @@ modes (Paper A's two tables):
 
 For each text the largest N reconstructed at >= threshold token accuracy (in bf16 and in fp32 when the fit runs
 in bf16) is reported. The job is resumable: every finished fit is appended to `capacity-rows.jsonl` in the
-output folder at once, and a re-run with the same settings skips what is there (long grids are CPU-hours).
+output folder at once, and a re-run with the same settings skips what is there (long grids are CPU-hours); the
+fits in progress are saved every 50 steps (`capacity-inflight-*.pt`) and go on from there.
 """
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from pathlib import Path
@@ -32,9 +34,10 @@ def _row(mode: str, text: int, n: int, acc: float, steps: int, seconds: float, t
 
 
 def capacity(llm: FrozenLLM, texts: list[str], ns: list[int], cfg: FitConfig, threshold: float = 0.99,
-             on_result=None, skip: set[tuple[int, int]] = frozenset()) -> list[dict]:
+             on_result=None, skip: set[tuple[int, int]] = frozenset(), resume: dict | None = None,
+             on_snapshot=None, snapshot_every: int = 50) -> list[dict]:
     """Per-text mode: one row per (text, N) with N <= the text's length, (text, N) in `skip` left out;
-    on_result(row) as each fit finishes."""
+    on_result(row) as each fit finishes; `resume`/`on_snapshot`: `nar.fit.fit_stream`'s mid-fit states."""
     items = []
     for i, t in enumerate(texts):
         ids = llm.encode(t)
@@ -42,7 +45,7 @@ def capacity(llm: FrozenLLM, texts: list[str], ns: list[int], cfg: FitConfig, th
             if n <= len(ids) and (i, n) not in skip:
                 items.append(FitItem(key=f"{i}/{n}", ids=ids[:n], init_key=f"{t}#{n}"))
     rows = []
-    for r in fit_stream(llm, items, cfg):
+    for r in fit_stream(llm, items, cfg, resume=resume, on_snapshot=on_snapshot, snapshot_every=snapshot_every):
         i, n = (int(x) for x in r.key.split("/"))
         rows.append(_row("per-text", i, n, r.accuracy, r.steps, r.seconds, threshold))
         if on_result:
@@ -50,10 +53,14 @@ def capacity(llm: FrozenLLM, texts: list[str], ns: list[int], cfg: FitConfig, th
     return sorted(rows, key=lambda x: (x["text"], x["n"]))
 
 
-def fit_shared_m(llm: FrozenLLM, targets: list[list[int]], cfg: FitConfig, key: str) -> tuple[list[float], int, float]:
+def fit_shared_m(llm: FrozenLLM, targets: list[list[int]], cfg: FitConfig, key: str, *, resume: dict | None = None,
+                 on_snapshot=None, snapshot_every: int = 50) -> tuple[list[float], int, float]:
     """One m for all targets, one e per target, fitted jointly (the sum of the texts' mean CEs) with cfg's
     optimiser and schedule until every text reaches cfg.target_acc (checked in fp32 too under bf16) or
-    cfg.max_steps. Returns (each text's accuracy at the best joint state, steps, seconds)."""
+    cfg.max_steps. Returns (each text's accuracy at the best joint state, steps, seconds).
+
+    Every `snapshot_every` steps on_snapshot gets the fit's whole state; `resume` (such a state) goes on from it,
+    making the same updates as an uninterrupted fit."""
     layout, dev, t0 = make_layout(llm, cfg), llm.device, time.perf_counter()
     starts = [initial_vectors(llm, FitItem(key=f"{key}/{j}", ids=ids), cfg) for j, ids in enumerate(targets)]
     E = torch.stack([e for e, _ in starts]).to(dev).requires_grad_(True)
@@ -61,8 +68,19 @@ def fit_shared_m(llm: FrozenLLM, targets: list[list[int]], cfg: FitConfig, key: 
     m = (m0 + init_vector(f"{key}/shared-m", cfg.seed, llm.hidden_size, llm.embed_std)).to(dev)[None]
     m.requires_grad_(True)
     opt = torch.optim.AdamW([E, m], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
-    best, best_acc, step = -1.0, [0.0] * len(targets), 0
-    for step in range(cfg.max_steps + 1):
+    best, best_acc, start = -1.0, [0.0] * len(targets), 0
+    if resume is not None:
+        with torch.no_grad():
+            E.copy_(resume["E"])
+            m.copy_(resume["m"])
+        opt.load_state_dict(copy.deepcopy(resume["opt"]))
+        best, best_acc, start, t0 = resume["best"], list(resume["best_acc"]), resume["step"], t0 - resume["seconds"]
+    step = start
+    for step in range(start, cfg.max_steps + 1):
+        if on_snapshot is not None and step > start and step % snapshot_every == 0:
+            on_snapshot({"E": E.detach().cpu().clone(), "m": m.detach().cpu().clone(),
+                         "opt": copy.deepcopy(opt.state_dict()), "best": best, "best_acc": list(best_acc),
+                         "step": step, "seconds": time.perf_counter() - t0})
         rec = reconstruction_loss(llm, E, m, targets, layout, cfg.precision)
         acc = rec.acc.cpu()
         if float(acc.min()) >= cfg.target_acc:  # all there in the fit's pass: do they hold in fp32 too?
@@ -80,15 +98,20 @@ def fit_shared_m(llm: FrozenLLM, targets: list[list[int]], cfg: FitConfig, key: 
 
 
 def capacity_shared(llm: FrozenLLM, texts: list[str], ns: list[int], cfg: FitConfig, threshold: float = 0.99,
-                    on_result=None, skip: set[int] = frozenset()) -> list[dict]:
-    """Shared-m mode: for each N not in `skip`, every text at least N tokens long fitted with one m."""
+                    on_result=None, skip: set[int] = frozenset(), resume: dict | None = None,
+                    on_snapshot=None, snapshot_every: int = 50) -> list[dict]:
+    """Shared-m mode: for each N not in `skip`, every text at least N tokens long fitted with one m. `resume`
+    ({"n": N, "fit": a `fit_shared_m` state}) goes on with N's fit; on_snapshot gets such dicts."""
     ids = [llm.encode(t) for t in texts]
     rows = []
     for n in ns:
         which = [i for i, x in enumerate(ids) if n <= len(x)]
         if n in skip or not which:
             continue
-        accs, steps, secs = fit_shared_m(llm, [ids[i][:n] for i in which], cfg, key=f"shared/{n}")
+        saved = resume["fit"] if resume and resume.get("n") == n else None
+        snap = (lambda st, n=n: on_snapshot({"n": n, "fit": st})) if on_snapshot else None
+        accs, steps, secs = fit_shared_m(llm, [ids[i][:n] for i in which], cfg, key=f"shared/{n}", resume=saved,
+                                         on_snapshot=snap, snapshot_every=snapshot_every)
         for i, a in zip(which, accs):
             rows.append(_row("shared", i, n, a, steps, secs, threshold))
             if on_result:
@@ -121,9 +144,11 @@ def plot_capacity(rows: list[dict], path: str | Path, threshold: float) -> None:
 
 
 def run_capacity(out_dir: str | Path, cfg: CapacityConfig = CapacityConfig(), *, llm: FrozenLLM,
-                 texts: list[str] | None = None, fit: FitConfig | None = None, on_result=None) -> dict:
+                 texts: list[str] | None = None, fit: FitConfig | None = None, on_result=None,
+                 snapshot_every: int = 50) -> dict:
     """The `nar analyze capacity` job: `cfg.texts` long bundled texts (or `texts`), fitted with cfg's fit
-    settings (or `fit`) at every N of cfg.ns, in cfg.m's modes; resumes from the rows already in out_dir."""
+    settings (or `fit`) at every N of cfg.ns, in cfg.m's modes; resumes from the rows already in out_dir, and
+    the fits that were in progress from their state at the last multiple of `snapshot_every` steps."""
     from nar.data import long_texts
 
     ns, threshold, fit = list(cfg.ns), cfg.threshold, fit or cfg.fit_config()
@@ -138,13 +163,18 @@ def run_capacity(out_dir: str | Path, cfg: CapacityConfig = CapacityConfig(), *,
         if on_result:
             on_result(row)
 
+    def keep(tag: str):
+        return lambda state: log.save_state(tag, state)
+
     modes = ("per-text", "shared") if cfg.m == "both" else (cfg.m,)
     if "per-text" in modes:
         capacity(llm, texts, ns, fit, threshold, on_result=record,
-                 skip={(r["text"], r["n"]) for r in done if r["mode"] == "per-text"})
+                 skip={(r["text"], r["n"]) for r in done if r["mode"] == "per-text"},
+                 resume=log.load_state("per-text"), on_snapshot=keep("per-text"), snapshot_every=snapshot_every)
     if "shared" in modes:
         capacity_shared(llm, texts, ns, fit, threshold, on_result=record,
-                        skip={r["n"] for r in done if r["mode"] == "shared"})
+                        skip={r["n"] for r in done if r["mode"] == "shared"},
+                        resume=log.load_state("shared"), on_snapshot=keep("shared"), snapshot_every=snapshot_every)
     rows = sorted(log.rows(), key=lambda x: (x["mode"], x["text"], x["n"]))
     plot_capacity(rows, out / "capacity.png", threshold)
     per_mode = {mode: largest_n([r for r in rows if r["mode"] == mode]) for mode in modes}

@@ -8,7 +8,7 @@ import io
 import json
 from pathlib import Path
 
-from nar.artifacts import atomic_write_text
+from nar.artifacts import atomic_write, atomic_write_text
 
 
 def write_report(out_dir: str | Path, name: str, summary: dict, rows: list[dict]) -> dict[str, str]:
@@ -27,9 +27,9 @@ def write_report(out_dir: str | Path, name: str, summary: dict, rows: list[dict]
 
 class RowLog:
     """The rows a long analysis has finished, one JSON line each in `<out>/<name>-rows.jsonl`, appended as each
-    finishes, so a killed job loses at most the row in progress. Rows carry the hash of the settings they were
-    made with (`settings`: anything JSON can hold that decides the results); a re-run with other settings
-    ignores the old rows instead of mixing them in."""
+    finishes, so a killed job loses at most the rows in progress (and with `save_state` only their last steps).
+    Rows carry the hash of the settings they were made with (`settings`: anything JSON can hold that decides the
+    results); a re-run with other settings ignores the old rows instead of mixing them in."""
 
     def __init__(self, out_dir: str | Path, name: str, settings) -> None:
         self.path = Path(out_dir) / f"{name}-rows.jsonl"
@@ -47,6 +47,27 @@ class RowLog:
     def record(self, row: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps({**row, "settings": self.key}, default=float) + "\n")
+
+    def state_path(self, tag: str) -> Path:
+        return self.path.with_name(self.path.name.replace("-rows.jsonl", f"-inflight-{tag}.pt"))
+
+    def save_state(self, tag: str, state) -> None:
+        """Keep the state of the fits in progress (`torch.save`-able), written atomically, so a killed job
+        resumes them mid-fit instead of from their start. The file carries these settings' hash."""
+        import torch
+
+        atomic_write(self.state_path(tag), lambda tmp: torch.save({"settings": self.key, "state": state}, tmp),
+                     suffix=".pt")
+
+    def load_state(self, tag: str):
+        """The in-flight state saved under these settings, or None (none saved, or saved under others)."""
+        import torch
+
+        path = self.state_path(tag)
+        if not path.is_file():
+            return None
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        return blob["state"] if blob.get("settings") == self.key else None
 
 
 def figure():
