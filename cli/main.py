@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from cli import render
-from cli.common import BACKEND, JSON, MODEL, console, print_json, read_texts, run_app, setup_logging
+from cli.common import BACKEND, JSON, MODEL, console, err_console, print_json, read_texts, run_app, setup_logging
 from cli.options import config_options
 from nar import config as C  # the stages' configs: C.FitConfig, C.BuildConfig, ...
 
@@ -309,6 +309,10 @@ def _analyze(name: str, cfg, out: Path, as_json: bool, corpus: Path | None = Non
             from nar.teacher import load_teacher
 
             kw.update(teacher=load_teacher(), show_progress=not as_json)
+        if name == "capacity":  # hours of fits: say each one as it finishes (it is in the rows file already)
+            kw["on_result"] = lambda r: err_console.print(
+                f"{r['mode']} m, text {r['text']}, N = {r['n']}: token accuracy {r['accuracy']:.3f} after "
+                f"{r['steps']} steps, {r['seconds'] / 60:.1f} min", highlight=False)
         res = run(out, cfg, **kw)
     if as_json:
         return print_json(res)

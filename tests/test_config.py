@@ -79,10 +79,15 @@ def test_options_follow_the_config(monkeypatch):
     assert isinstance(r.exception, NarError) and "precision" in str(r.exception)
     import nar.analysis.capacity
 
-    monkeypatch.setattr(nar.analysis.capacity, "run_capacity", lambda out, cfg, **kw: seen.update(cap=cfg))
+    def fake_capacity(out, cfg, on_result, **kw):
+        seen.update(cap=cfg)
+        on_result({"mode": "shared", "text": 2, "n": 64, "accuracy": 0.9912, "steps": 812, "seconds": 1500.0})
+
+    monkeypatch.setattr(nar.analysis.capacity, "run_capacity", fake_capacity)
     monkeypatch.setattr("nar.llm.load_llm", lambda *a, **k: None)
-    CliRunner().invoke(app, ["analyze", "capacity", "--ns", "4,8", "--max-steps", "9"])
+    r = CliRunner().invoke(app, ["analyze", "capacity", "--ns", "4,8", "--max-steps", "9"])
     assert seen["cap"] == C.CapacityConfig(ns=(4, 8), max_steps=9)
+    assert "shared m, text 2, N = 64: token accuracy 0.991 after 812 steps, 25.0 min" in r.output  # each fit, as done
 
 
 def test_encoder_configs_saved_before_the_sum_head_stay_attention_encoders():
