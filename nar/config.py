@@ -433,6 +433,11 @@ class TrainConfig(StageConfig):
     one pass's logits inside the training loss, the prior being the smoothed frequency of each token in the
     training targets, so a frequent token wins a position only by a margin and the encoder must carry rare
     tokens itself; decoding reads the raw logits. 0: the plain cross-entropy (docs/ENCODER.md, twelfth session)."""
+    after_error_weight: float = 1.0
+    """Weight in the training cross-entropy of the target tokens after a text's first wrong token (argmax) in the
+    one pass; those before it, and the first wrong one, weigh 1. The one pass's errors cascade (after a first
+    error the rest follows another sentence), so < 1 spends the gradient on the first error. 1: the plain
+    cross-entropy (docs/ENCODER.md, thirteenth session)."""
     val_frac: float = 0.1
     """Held-out fraction when no val_data is given (seeded split, at least one text)."""
     val_every: int = 200
@@ -463,6 +468,7 @@ class TrainConfig(StageConfig):
         _check(self.lr > 0 and self.table_lr > 0, "lr and table_lr must be > 0")
         _check(min(self.w_reg, self.w_ce, self.w_len, self.logit_adjust) >= 0,
                "loss weights and logit_adjust must be >= 0")
+        _check(0 <= self.after_error_weight <= 1, "after_error_weight must be in [0, 1]")
         _check(self.max_tokens >= 1 and self.val_every >= 1 and self.save_every >= 1 and self.val_limit >= 1,
                "max_tokens, val_every, save_every and val_limit must be >= 1")
         _check((self.source_column, self.target_column).count(None) != 1,

@@ -54,8 +54,8 @@ class Reconstruction:
 
 def reconstruction_loss(llm, e: torch.Tensor, m: torch.Tensor, targets: Sequence[Sequence[int] | torch.Tensor],
                         layout, precision: str = "fp32", pos: torch.Tensor | None = None,
-                        context=None, margin: float = 0.0, logit_bias: torch.Tensor | None = None
-                        ) -> Reconstruction:
+                        context=None, margin: float = 0.0, logit_bias: torch.Tensor | None = None,
+                        after_error: float = 1.0) -> Reconstruction:
     """Cross-entropy and accuracy of each target from one padded forward pass of the frozen LLM.
 
     e: (B, D) or (B, k, D); m: (B, D) or (1, D) shared; pos: optional position codes added to the m copies
@@ -65,7 +65,8 @@ def reconstruction_loss(llm, e: torch.Tensor, m: torch.Tensor, targets: Sequence
     loss does not depend on its batch-mates. margin > 0: `acc` counts a token only when its logit beats every
     other token's by at least `margin` (a solution that survives other arithmetic, e.g. bf16 at another batch
     shape); 0: the argmax. logit_bias: (V,) added to the logits inside the cross-entropy only (a logit-adjusted
-    loss, `TrainConfig.logit_adjust`); `acc` reads the raw logits, as decoding does."""
+    loss, `TrainConfig.logit_adjust`); `acc` reads the raw logits, as decoding does. after_error < 1: a token
+    after the text's first argmax error weighs that much in the cross-entropy (`TrainConfig.after_error_weight`)."""
     tgt = pad_targets(targets, e.device)
     with llm.autocast(precision):
         logits = llm.proto_logits(e, m, tgt.shape[1], layout, pos, context)
@@ -73,7 +74,12 @@ def reconstruction_loss(llm, e: torch.Tensor, m: torch.Tensor, targets: Sequence
     valid = tgt != IGNORE
     lengths = valid.sum(1)
     adjusted = logits if logit_bias is None else logits + logit_bias.to(logits)
-    ce = F.cross_entropy(adjusted.transpose(1, 2), tgt, ignore_index=IGNORE, reduction="none").sum(1) / lengths
+    ce_tok = F.cross_entropy(adjusted.transpose(1, 2), tgt, ignore_index=IGNORE, reduction="none")  # (B, N)
+    if after_error != 1.0:  # the one pass's errors cascade: weigh the tokens up to the first one fully
+        with torch.no_grad():
+            wrong = ((logits.argmax(-1) != tgt) & valid).long()
+            ce_tok = ce_tok * torch.where(wrong.cumsum(1) - wrong > 0, after_error, 1.0)
+    ce = ce_tok.sum(1) / lengths
     if margin > 0:
         with torch.no_grad():
             safe = tgt.clamp(min=0)[..., None]

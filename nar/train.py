@@ -54,7 +54,8 @@ def losses(enc: Encoder, llm: FrozenLLM, batch: Pairs, layout: Layout, cfg: Trai
                                                  enc.cfg.ctc_blank, cfg.precision, enc.head.pos, ctx)
         else:
             out["ce"] = reconstruction_loss(llm, e, m_in, batch.token_ids, layout, cfg.precision, enc.head.pos,
-                                            ctx, logit_bias=logit_bias).token_mean()
+                                            ctx, logit_bias=logit_bias, after_error=cfg.after_error_weight
+                                            ).token_mean()
     lengths = torch.tensor([min(len(x), enc.cfg.max_len) - 1 for x in batch.token_ids], device=e.device)
     out["len"] = F.cross_entropy(len_logits, lengths)
     total = cfg.w_ce * out.get("ce", out.get("ctc", 0.0)) + cfg.w_len * out["len"]
@@ -184,6 +185,8 @@ def train_encoder(data: str | Path, cfg: TrainConfig, enc_cfg: EncoderConfig, *,
         start, best = _resume(run / "last", enc, opt, g)
     lengths = torch.tensor([len(x) for x in train.token_ids])
     bias = None
+    if enc_cfg.ctc_slots and cfg.after_error_weight != 1.0:
+        raise NarError("--after-error-weight applies to the position-wise cross-entropy, not to CTC (--ctc-slots)")
     if cfg.logit_adjust > 0:
         if enc_cfg.ctc_slots:
             raise NarError("--logit-adjust applies to the position-wise cross-entropy, not to CTC (--ctc-slots)")

@@ -3,7 +3,7 @@
 Splits token accuracy of the one pass by STS-B genre (captions / news / forums), by target length, and by how
 often each target token occurs in the checkpoint's training targets, on its own training sentences and on
 held-out STS-B dev sentences alike, so that a genre or length shift can be told from memorisation, and
-memorisation from rare words.
+memorisation from rare words; and whether errors cascade (accuracy after a first error against before it).
 
     python scripts/generalisation_probe.py [CHECKPOINT] [--stsb ../shared/data/stsb] [--limit N]
                                            [--freq-data out/data/stsb-train.jsonl]
@@ -63,6 +63,42 @@ def by_frequency(pred, targets, freq, own=None) -> dict:
     return {b: {"tokens": seen[b][0], "token_acc": round(seen[b][1] / seen[b][0], 3)} for b in order if seen[b][0]}
 
 
+def cascade(pred, targets, freq=None) -> dict:
+    """Do errors cascade? Token accuracy at positions whose earlier tokens are all right ("clean") against
+    positions after a first error ("after"), and among the wrong tokens after a first error the share that are
+    the target's neighbour (t[i-1] or t[i+1]: the output is the target shifted by one token); `by_position`: at each
+    position, [tokens, accuracy] on either side, to compare at the same position; with `freq`, how many first
+    errors fall on each training-frequency band and the clean-prefix accuracy per band."""
+    clean, after, wrong_after, shifted = [0, 0], [0, 0], 0, 0
+    at = defaultdict(lambda: [0, 0, 0, 0])  # position -> [clean tokens, right, after tokens, right]
+    band_clean = defaultdict(lambda: [0, 0])  # frequency band -> [clean tokens, right]: where first errors start
+    for p, t in zip(pred, targets):
+        hit = False
+        for i, tok in enumerate(t):
+            right = len(p) > i and p[i] == tok
+            side = after if hit else clean
+            side[0] += 1
+            side[1] += int(right)
+            at[i][2 * hit] += 1
+            at[i][2 * hit + 1] += int(right)
+            if freq is not None and not hit:
+                band = next(lb for lo, hi, lb in FREQ_BUCKETS if lo <= freq[tok] <= hi)
+                band_clean[band][0] += 1
+                band_clean[band][1] += int(right)
+            if hit and not right:
+                wrong_after += 1
+                shifted += int(len(p) > i and p[i] in t[max(i - 1, 0):i] + t[i + 1:i + 2])
+            hit = hit or not right
+    return {"clean_tokens": clean[0], "clean_acc": round(clean[1] / max(clean[0], 1), 3),
+            "after_tokens": after[0], "after_acc": round(after[1] / max(after[0], 1), 3),
+            "wrong_after_shifted_share": round(shifted / max(wrong_after, 1), 3),
+            "first_errors_by_band": {b: n - r for b, (n, r) in band_clean.items()},
+            "clean_acc_by_band": {b: [n, round(r / n, 3)] for b, (n, r) in band_clean.items()},
+            "by_position": {i: {"clean": [c, round(r / c, 3) if c else None],
+                                "after": [a, round(q / a, 3) if a else None]}
+                            for i, (c, r, a, q) in sorted(at.items())}}
+
+
 def summarise(pred, targets, keys, freq, ref=None) -> dict:
     rows = defaultdict(list)
     for p, t, k in zip(pred, targets, keys):
@@ -73,6 +109,7 @@ def summarise(pred, targets, keys, freq, ref=None) -> dict:
     out = {k: {"texts": len(v), "token_acc": round(sum(a for a, _ in v) / len(v), 3),
                "exact": round(sum(e for _, e in v) / len(v), 3)} for k, v in sorted(rows.items())}
     out["by_train_frequency"] = by_frequency(pred, targets, freq)
+    out["cascade"] = cascade(pred, targets, freq)
     if ref is not None:
         out["by_reference_frequency"] = by_frequency(pred, targets, ref, own=freq)
     return out

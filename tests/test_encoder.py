@@ -620,6 +620,39 @@ def test_logit_adjusted_loss_shifts_the_cross_entropy_not_the_argmax(tiny_llm, t
         TrainConfig(logit_adjust=-1.0)
 
 
+def test_after_error_weight_scales_the_tokens_after_the_first_wrong_one(tiny_llm, texts_file, tmp_path, monkeypatch):
+    """after_error_weight w: in each text the tokens up to and including the first argmax error weigh 1 in the
+    cross-entropy, the later ones w (right or wrong); accuracy is unchanged; a run trains with it."""
+    import torch.nn.functional as F
+
+    from nar.llm import Layout
+    from nar.losses import reconstruction_loss
+
+    targets = [[1, 2, 3, 4, 5], [6, 7, 8], [1, 2, 3, 4, 5]]
+    right = [[1, 1, 0, 1, 0], [1, 1, 1], [0, 1, 1, 1, 1]]  # first errors at 2, none, 0
+    logits = torch.randn(3, 5, 12)
+    for j, (t, r) in enumerate(zip(targets, right)):
+        for i, (tok, ok) in enumerate(zip(t, r)):
+            logits[j, i, tok] = 20.0 if ok else -20.0
+    monkeypatch.setattr(tiny_llm, "proto_logits", lambda *a, **k: logits)
+    e, m, layout = torch.zeros(3, 4), torch.zeros(3, 4), Layout(prefix_ids=(0,))
+    plain = reconstruction_loss(tiny_llm, e, m, targets, layout)
+    half = reconstruction_loss(tiny_llm, e, m, targets, layout, after_error=0.5)
+    for j, (t, w) in enumerate(zip(targets, ([1, 1, 1, .5, .5], [1, 1, 1], [1, .5, .5, .5, .5]))):
+        tok = F.cross_entropy(logits[j, : len(t)], torch.tensor(t), reduction="none")
+        assert torch.allclose(half.ce[j], (tok * torch.tensor(w)).sum() / len(t))
+        assert torch.allclose(plain.ce[j], tok.mean())
+    assert torch.equal(half.acc, plain.acc)
+    monkeypatch.undo()
+    cfg = TrainConfig(run_dir=str(tmp_path / "run"), steps=4, val_every=4, save_every=4, after_error_weight=0.2,
+                      val_data=str(texts_file / "dev.jsonl"), **RUN)
+    assert train_encoder(texts_file / "train.jsonl", cfg, ENC, llm=tiny_llm, show_progress=False)["steps"] == 4
+    assert json.loads((tmp_path / "run" / "last" / "config.json").read_text())["train_config"][
+        "after_error_weight"] == 0.2
+    with pytest.raises(NarError, match="after_error_weight"):
+        TrainConfig(after_error_weight=1.5)
+
+
 def test_token_table_learns_only_the_rows_of_trained_tokens_and_saves_them_sparse(tiny_llm, texts_file, tmp_path):
     """token_table: a zero-started row per token id, trained at table_lr without decay; rows of tokens that no
     training source holds stay exactly zero, and the checkpoint stores only the trained rows, reloading to the
