@@ -74,11 +74,11 @@ def reconstruction_loss(llm, e: torch.Tensor, m: torch.Tensor, targets: Sequence
     valid = tgt != IGNORE
     lengths = valid.sum(1)
     adjusted = logits if logit_bias is None else logits + logit_bias.to(logits)
+    top = logits.argmax(-1) == tgt if margin <= 0 or after_error != 1.0 else None  # (B, N), no gradient
     ce_tok = F.cross_entropy(adjusted.transpose(1, 2), tgt, ignore_index=IGNORE, reduction="none")  # (B, N)
     if after_error != 1.0:  # the one pass's errors cascade: weigh the tokens up to the first one fully
-        with torch.no_grad():
-            wrong = ((logits.argmax(-1) != tgt) & valid).long()
-            ce_tok = ce_tok * torch.where(wrong.cumsum(1) - wrong > 0, after_error, 1.0)
+        wrong = (~top & valid).long()
+        ce_tok = ce_tok * torch.where(wrong.cumsum(1) - wrong > 0, after_error, 1.0)
     ce = ce_tok.sum(1) / lengths
     if margin > 0:
         with torch.no_grad():
@@ -86,7 +86,7 @@ def reconstruction_loss(llm, e: torch.Tensor, m: torch.Tensor, targets: Sequence
             gap = logits.gather(-1, safe)[..., 0] - logits.scatter(-1, safe, float("-inf")).max(-1).values
             hit = gap >= margin
     else:
-        hit = logits.argmax(-1) == tgt
+        hit = top
     acc = (hit & valid).sum(1) / lengths
     return Reconstruction(ce, acc.detach(), lengths)
 

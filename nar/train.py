@@ -185,11 +185,10 @@ def train_encoder(data: str | Path, cfg: TrainConfig, enc_cfg: EncoderConfig, *,
         start, best = _resume(run / "last", enc, opt, g)
     lengths = torch.tensor([len(x) for x in train.token_ids])
     bias = None
-    if enc_cfg.ctc_slots and cfg.after_error_weight != 1.0:
-        raise NarError("--after-error-weight applies to the position-wise cross-entropy, not to CTC (--ctc-slots)")
+    for flag, on in (("--logit-adjust", cfg.logit_adjust > 0), ("--after-error-weight", cfg.after_error_weight != 1)):
+        if on and enc_cfg.ctc_slots:
+            raise NarError(f"{flag} applies to the position-wise cross-entropy, not to CTC (--ctc-slots)")
     if cfg.logit_adjust > 0:
-        if enc_cfg.ctc_slots:
-            raise NarError("--logit-adjust applies to the position-wise cross-entropy, not to CTC (--ctc-slots)")
         vocab = llm.model.get_output_embeddings().weight.shape[0]
         bias = token_prior_bias(train.token_ids, vocab, cfg.logit_adjust).to(llm.device)
     tb = TensorBoardWriter(run / "tb")

@@ -48,13 +48,18 @@ def genres(stsb: Path) -> dict[str, str]:
     return out
 
 
+def band(count: int) -> str:
+    """The FREQ_BUCKETS label of a token seen `count` times."""
+    return next(lb for lo, hi, lb in FREQ_BUCKETS if lo <= count <= hi)
+
+
 def by_frequency(pred, targets, freq, own=None) -> dict:
     """Token accuracy per band of `freq` (a token's count in some training targets); with `own`, the 0 band
     is also split by whether `own` counts the token."""
     seen = defaultdict(lambda: [0, 0])  # label -> [target tokens, written right]
     for p, t in zip(pred, targets):
         for i, tok in enumerate(t):
-            label = next(lb for lo, hi, lb in FREQ_BUCKETS if lo <= freq[tok] <= hi)
+            label = band(freq[tok])
             labels = [label] + ([f"0, {'in' if own[tok] else 'not in'} own training"] if own and label == "0" else [])
             for lb in labels:
                 seen[lb][0] += 1
@@ -82,9 +87,8 @@ def cascade(pred, targets, freq=None) -> dict:
             at[i][2 * hit] += 1
             at[i][2 * hit + 1] += int(right)
             if freq is not None and not hit:
-                band = next(lb for lo, hi, lb in FREQ_BUCKETS if lo <= freq[tok] <= hi)
-                band_clean[band][0] += 1
-                band_clean[band][1] += int(right)
+                band_clean[band(freq[tok])][0] += 1
+                band_clean[band(freq[tok])][1] += int(right)
             if hit and not right:
                 wrong_after += 1
                 shifted += int(len(p) > i and p[i] in t[max(i - 1, 0):i] + t[i + 1:i + 2])

@@ -32,7 +32,7 @@ class RowLog:
     results); a re-run with other settings ignores the old rows instead of mixing them in."""
 
     def __init__(self, out_dir: str | Path, name: str, settings) -> None:
-        self.path = Path(out_dir) / f"{name}-rows.jsonl"
+        self.path, self.name = Path(out_dir) / f"{name}-rows.jsonl", name
         blob = json.dumps(settings, sort_keys=True, default=str)
         self.key = hashlib.blake2b(blob.encode(), digest_size=8).hexdigest()
         self.resumed = len(self.rows())
@@ -49,7 +49,7 @@ class RowLog:
             f.write(json.dumps({**row, "settings": self.key}, default=float) + "\n")
 
     def state_path(self, tag: str) -> Path:
-        return self.path.with_name(self.path.name.replace("-rows.jsonl", f"-inflight-{tag}.pt"))
+        return self.path.with_name(f"{self.name}-inflight-{tag}.pt")
 
     def save_state(self, tag: str, state) -> None:
         """Keep the state of the fits in progress (`torch.save`-able), written atomically, so a killed job
