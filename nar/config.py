@@ -438,6 +438,23 @@ class TrainConfig(StageConfig):
     one pass; those before it, and the first wrong one, weigh 1. The one pass's errors cascade (after a first
     error the rest follows another sentence), so < 1 spends the gradient on the first error. 1: the plain
     cross-entropy (docs/ENCODER.md, thirteenth session)."""
+    novel_tokens: float = 0.0
+    """Autoencoding augmentation: the share of training texts in which one word-start token (not the first) is
+    replaced by a random word-start token that no training target holds, source and target alike, so that the
+    encoder meets words it cannot know in training and must keep the rest of the sentence in place around them
+    (docs/ENCODER.md, fourteenth session). 0: off."""
+    rows: str = "causal"
+    """How the one pass's output rows attend: 'causal' (the model's own mask, Paper A) or 'independent' (each m
+    row sees only what precedes the m's and itself, so an error cannot spread to later rows; `nar.llm.Layout`).
+    The checkpoint's layout records it; decoding uses it. An --init-from checkpoint may be trained on under the
+    other value (docs/ENCODER.md, fourteenth session)."""
+    w_state: float = 0.0
+    """Weight of the state-matching term: the one pass's hidden states after the blocks in `state_layers` are
+    pulled (1 - centred cosine) towards the frozen LLM's own teacher-forced reading of the target, row for row,
+    so that each output row holds what an autoregressive reader holds when it writes that token. 0: off
+    (docs/ENCODER.md, fourteenth session)."""
+    state_layers: tuple[int, ...] = (10, 15, 20)
+    """Blocks whose output states `w_state` matches (1 = after the first block)."""
     val_frac: float = 0.1
     """Held-out fraction when no val_data is given (seeded split, at least one text)."""
     val_every: int = 200
@@ -469,6 +486,10 @@ class TrainConfig(StageConfig):
         _check(min(self.w_reg, self.w_ce, self.w_len, self.logit_adjust) >= 0,
                "loss weights and logit_adjust must be >= 0")
         _check(0 <= self.after_error_weight <= 1, "after_error_weight must be in [0, 1]")
+        _check(self.rows in ("causal", "independent"), "rows must be 'causal' or 'independent'")
+        _check(0 <= self.novel_tokens <= 1, "novel_tokens must be in [0, 1]")
+        _check(self.w_state >= 0 and all(k >= 1 for k in self.state_layers),
+               "w_state must be >= 0 and state_layers >= 1")
         _check(self.max_tokens >= 1 and self.val_every >= 1 and self.save_every >= 1 and self.val_limit >= 1,
                "max_tokens, val_every, save_every and val_limit must be >= 1")
         _check((self.source_column, self.target_column).count(None) != 1,

@@ -38,7 +38,7 @@ def decode_ids(llm: FrozenLLM, e: torch.Tensor, m: torch.Tensor, n_tokens: list[
         n = max(n_tokens[lo:hi])
         ctx = context_for(None if contexts is None else contexts[lo:hi], layout, dev)
         embeds = llm.proto_inputs(eb, mb, n, layout, None if pos is None else pos.to(dev), ctx)
-        pred = runner.argmax(embeds, n, None if ctx is None else ctx.full_mask(embeds.shape[1]))
+        pred = runner.argmax(embeds, n, None if ctx is None else ctx.full_mask(embeds.shape[1]), layout.own_rows(n))
         for j, k in enumerate(range(lo, hi)):
             ids = pred[j, : n_tokens[k]].tolist()
             if stop_at_eos and llm.eos_id is not None and llm.eos_id in ids:

@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,32 +69,50 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return table[dtype]
 
 
+ROWS = ("causal", "independent")
+"""How the output rows of the one pass attend (`Layout.rows`)."""
+
+
 @dataclass(frozen=True)
 class Layout:
     """Where the proto-tokens sit in the input, and which outputs are read.
 
     prefix_ids: fixed, untrained token ids placed before e (an attention sink; empty for none).
     first: "e" -> e's own output predicts t_1 (Paper A's main text); "m" -> the first m's output does.
+    rows: "causal" -> the model's own causal attention (Paper A); "independent" -> each m row attends to what
+    precedes the m's (prefix or context, e) and to itself only, so no output row reads another's states and an
+    error cannot spread to the rows after it (docs/ENCODER.md, fourteenth session). Same input, same weights, one
+    pass; only the attention mask differs.
     """
 
     prefix_ids: tuple[int, ...] = ()
     first: str = "e"
+    rows: str = "causal"
 
     def __post_init__(self) -> None:
         if self.first not in ("e", "m"):
             raise NarError(f"layout.first must be 'e' or 'm', not {self.first!r}")
+        if self.rows not in ROWS:
+            raise NarError(f"layout.rows must be one of {ROWS}, not {self.rows!r}")
         object.__setattr__(self, "prefix_ids", tuple(int(i) for i in self.prefix_ids))
 
     def n_m(self, n: int) -> int:
         """How many copies of m the input holds for an N-token target."""
         return n - 1 if self.first == "e" else n
 
+    def own_rows(self, n: int) -> int:
+        """How many of the last positions of an N-token pass attend only to the positions before them and to
+        themselves: the m rows under 'independent', none under 'causal'."""
+        return self.n_m(n) if self.rows == "independent" else 0
+
     def to_dict(self) -> dict:
-        return {"prefix_ids": list(self.prefix_ids), "first": self.first}
+        """The causal default is left out, so records written before `rows` existed compare equal."""
+        d = {"prefix_ids": list(self.prefix_ids), "first": self.first}
+        return d if self.rows == "causal" else {**d, "rows": self.rows}
 
     @classmethod
     def from_dict(cls, d: dict) -> Layout:
-        return cls(prefix_ids=tuple(d.get("prefix_ids", ())), first=d.get("first", "e"))
+        return cls(prefix_ids=tuple(d.get("prefix_ids", ())), first=d.get("first", "e"), rows=d.get("rows", "causal"))
 
 
 @dataclass
@@ -143,11 +162,29 @@ def left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tenso
     return ids, mask
 
 
-def forward_kwargs(mask: torch.Tensor | None) -> dict:
-    """The model's attention_mask/position_ids for left-padded input (nothing for an unpadded batch)."""
-    if mask is None:
-        return {}
-    return {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+def forward_kwargs(mask: torch.Tensor | None, own_rows: int = 0, shape: tuple[int, int] | None = None,
+                   device: torch.device | str | None = None) -> dict:
+    """The model's attention_mask/position_ids for left-padded input (nothing for an unpadded, causal batch).
+
+    mask: (B, T), 0 on left padding, or None. own_rows > 0 (`Layout.own_rows`): the last own_rows positions
+    attend to the positions before them and to themselves only, given as a (B, 1, T, T) additive mask; `shape`
+    (B, T) and `device` are then needed when mask is None."""
+    if own_rows <= 0:
+        return {} if mask is None else {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+    b, t = mask.shape if mask is not None else shape
+    dev = mask.device if mask is not None else device
+    eye = torch.eye(t, dtype=torch.bool, device=dev)
+    allow = torch.ones(t, t, dtype=torch.bool, device=dev).tril()
+    allow[t - own_rows:, t - own_rows:] = eye[:own_rows, :own_rows]
+    allow = allow.expand(b, t, t)
+    if mask is not None:
+        allow = allow & mask.bool()[:, None, :]
+    allow = allow | eye  # a padding row keeps itself (it is never read): no softmax over nothing
+    bias = torch.zeros(b, 1, t, t, device=dev).masked_fill(~allow[:, None], torch.finfo(torch.float32).min)
+    kw = {"attention_mask": bias}
+    if mask is not None:
+        kw["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+    return kw
 
 
 def last_positions(t: int, n: int, device: torch.device) -> int | torch.Tensor:
@@ -307,11 +344,33 @@ class FrozenLLM:
         Right padding needs no attention mask: attention is causal, so a text shorter than n is not
         affected by the positions after its end, which are simply not read. A context's left padding is masked.
         """
+        return self.proto_pass(e, m, n, layout, pos, context)[0]
+
+    def proto_pass(self, e: torch.Tensor, m: torch.Tensor, n: int, layout: Layout, pos: torch.Tensor | None = None,
+                   context: Context | None = None, layers: Sequence[int] = ()
+                   ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """`proto_logits`, and the hidden states (B, n, D) of the same last n rows after each block in `layers`
+        (1 = after the first block; the model's hidden_states indexing)."""
         embeds = self.proto_inputs(e, m, n, layout, pos, context).to(self.dtype)
         mask = None if context is None else context.full_mask(embeds.shape[1])
         keep = last_positions(embeds.shape[1], n, embeds.device)
-        out = self.model(inputs_embeds=embeds, use_cache=False, logits_to_keep=keep, **forward_kwargs(mask))
-        return out.logits[:, -n:]
+        kw = forward_kwargs(mask, layout.own_rows(n), embeds.shape[:2], embeds.device)
+        out = self.model(inputs_embeds=embeds, use_cache=False, logits_to_keep=keep,
+                         output_hidden_states=bool(layers), **kw)
+        return out.logits[:, -n:], [out.hidden_states[k][:, -n:] for k in layers]
+
+    @torch.no_grad()
+    def reading_states(self, targets: torch.Tensor, layout: Layout, layers: Sequence[int]) -> list[torch.Tensor]:
+        """The frozen LLM reading each target itself, teacher-forced: for targets (B, N) right-padded with any id,
+        the hidden states (B, N, D) after each block in `layers` of the rows of [prefix, t_1 .. t_{N-1}], row i
+        being the state from which an autoregressive reader writes t_{i+1}. Needs a non-empty layout prefix."""
+        if not layout.prefix_ids:
+            raise NarError("reading states need a layout prefix (the row from which the first token is written)")
+        pre = torch.tensor(layout.prefix_ids, device=targets.device).expand(targets.shape[0], -1)
+        ids = torch.cat([pre, targets[:, :-1].clamp(min=0)], dim=1)
+        out = self.model(input_ids=ids, use_cache=False, output_hidden_states=True, logits_to_keep=1)
+        n = targets.shape[1]
+        return [out.hidden_states[k][:, -n:] for k in layers]
 
 
 # ----------------------------------------------------------------------------------------------

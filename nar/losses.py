@@ -46,6 +46,8 @@ class Reconstruction:
     """Each text's token accuracy of the argmax (no gradient)."""
     n_tokens: torch.Tensor
     """Each text's number of target tokens."""
+    state: torch.Tensor | None = None
+    """With state_layers: each text's mean state mismatch (`state_mismatch`; differentiable), else None."""
 
     def token_mean(self) -> torch.Tensor:
         """The cross-entropy of every target token of the batch, pooled (long texts weigh more)."""
@@ -55,7 +57,7 @@ class Reconstruction:
 def reconstruction_loss(llm, e: torch.Tensor, m: torch.Tensor, targets: Sequence[Sequence[int] | torch.Tensor],
                         layout, precision: str = "fp32", pos: torch.Tensor | None = None,
                         context=None, margin: float = 0.0, logit_bias: torch.Tensor | None = None,
-                        after_error: float = 1.0) -> Reconstruction:
+                        after_error: float = 1.0, state_layers: Sequence[int] = ()) -> Reconstruction:
     """Cross-entropy and accuracy of each target from one padded forward pass of the frozen LLM.
 
     e: (B, D) or (B, k, D); m: (B, D) or (1, D) shared; pos: optional position codes added to the m copies
@@ -66,12 +68,16 @@ def reconstruction_loss(llm, e: torch.Tensor, m: torch.Tensor, targets: Sequence
     other token's by at least `margin` (a solution that survives other arithmetic, e.g. bf16 at another batch
     shape); 0: the argmax. logit_bias: (V,) added to the logits inside the cross-entropy only (a logit-adjusted
     loss, `TrainConfig.logit_adjust`); `acc` reads the raw logits, as decoding does. after_error < 1: a token
-    after the text's first argmax error weighs that much in the cross-entropy (`TrainConfig.after_error_weight`)."""
+    after the text's first argmax error weighs that much in the cross-entropy (`TrainConfig.after_error_weight`).
+    state_layers: also the mismatch between the pass's hidden states after those blocks and the frozen LLM's own
+    teacher-forced reading of the target (`state_mismatch`, `TrainConfig.w_state`)."""
     tgt = pad_targets(targets, e.device)
     with llm.autocast(precision):
-        logits = llm.proto_logits(e, m, tgt.shape[1], layout, pos, context)
+        logits, states = llm.proto_pass(e, m, tgt.shape[1], layout, pos, context, state_layers)
+        reading = llm.reading_states(tgt, layout, state_layers) if state_layers else []
     logits = logits.float()
     valid = tgt != IGNORE
+    state = state_mismatch(states, reading, valid) if state_layers else None
     lengths = valid.sum(1)
     adjusted = logits if logit_bias is None else logits + logit_bias.to(logits)
     top = logits.argmax(-1) == tgt if margin <= 0 or after_error != 1.0 else None  # (B, N), no gradient
@@ -88,7 +94,25 @@ def reconstruction_loss(llm, e: torch.Tensor, m: torch.Tensor, targets: Sequence
     else:
         hit = top
     acc = (hit & valid).sum(1) / lengths
-    return Reconstruction(ce, acc.detach(), lengths)
+    return Reconstruction(ce, acc.detach(), lengths, state)
+
+
+def state_mismatch(states: Sequence[torch.Tensor], reading: Sequence[torch.Tensor], valid: torch.Tensor
+                   ) -> torch.Tensor:
+    """(B,) each text's mean of 1 - cos(pass state, reading state) over the given layers and its rows 1 .. N-1,
+    both centred on the reading states' mean over those rows of the batch (a few massive dimensions shared by
+    all rows dominate raw cosines: docs/ENCODER.md, fourteenth session). Row 0 is left out: the reader's row
+    there is the prefix's, an attention sink, not a state after reading a token. A one-token text scores 0."""
+    rows = valid.clone()
+    rows[:, 0] = False
+    n = rows.sum(1)
+    total = torch.zeros(valid.shape[0], device=valid.device)
+    for p, r in zip(states, reading):
+        p, r = p.float(), r.float()
+        centre = r[rows].mean(0) if bool(rows.any()) else r.new_zeros(r.shape[-1])
+        gap = 1 - F.cosine_similarity(p - centre, r - centre, dim=-1)  # (B, N)
+        total = total + (gap * rows).sum(1) / n.clamp(min=1)
+    return total / max(len(states), 1)
 
 
 def ctc_reconstruction_loss(llm, e: torch.Tensor, m: torch.Tensor, targets: Sequence[Sequence[int]], layout,

@@ -16,6 +16,7 @@ state it uses, so `--resume` continues bit for bit; `best/` holds the best perio
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -53,12 +54,15 @@ def losses(enc: Encoder, llm: FrozenLLM, batch: Pairs, layout: Layout, cfg: Trai
             out["ctc"] = ctc_reconstruction_loss(llm, e, m_in, batch.token_ids, layout, enc.cfg.ctc_slots,
                                                  enc.cfg.ctc_blank, cfg.precision, enc.head.pos, ctx)
         else:
-            out["ce"] = reconstruction_loss(llm, e, m_in, batch.token_ids, layout, cfg.precision, enc.head.pos,
-                                            ctx, logit_bias=logit_bias, after_error=cfg.after_error_weight
-                                            ).token_mean()
+            rec = reconstruction_loss(llm, e, m_in, batch.token_ids, layout, cfg.precision, enc.head.pos, ctx,
+                                      logit_bias=logit_bias, after_error=cfg.after_error_weight,
+                                      state_layers=cfg.state_layers if cfg.w_state > 0 else ())
+            out["ce"] = rec.token_mean()
+            if rec.state is not None:
+                out["state"] = rec.state.mean()
     lengths = torch.tensor([min(len(x), enc.cfg.max_len) - 1 for x in batch.token_ids], device=e.device)
     out["len"] = F.cross_entropy(len_logits, lengths)
-    total = cfg.w_ce * out.get("ce", out.get("ctc", 0.0)) + cfg.w_len * out["len"]
+    total = cfg.w_ce * out.get("ce", out.get("ctc", 0.0)) + cfg.w_len * out["len"] + cfg.w_state * out.get("state", 0.0)
     if batch.e is not None and cfg.w_reg > 0:
         te, tm = batch.e.to(e.device), batch.m.to(e.device)
         out["reg"] = sum((1 - F.cosine_similarity(p, t, dim=-1)).mean()
@@ -122,6 +126,49 @@ def _sample(lengths: torch.Tensor, step: int, cfg: TrainConfig, g: torch.Generat
     return pool[pick].tolist()
 
 
+def _word_after(tok, prev: int, i: int) -> str | None:
+    """The text token i adds after token prev when it starts a new word (a space between them), else None."""
+    head, both = tok.decode([prev]), tok.decode([prev, i])
+    return both[len(head) + 1:] if both.startswith(head + " ") else None
+
+
+def novel_token_pool(llm: FrozenLLM, token_ids: list[list[int]]) -> list[int]:
+    """Ids of the word-start tokens (a space, then 2+ letters) that no training target holds."""
+    seen = {t for x in token_ids for t in x}
+    tok, ref = llm.tokenizer, token_ids[0][0]
+    special = set(tok.all_special_ids)
+    pool = [i for i in range(len(tok)) if i not in seen and i not in special
+            and len(w := _word_after(tok, ref, i) or "") >= 2 and w.isalpha()]
+    if not pool:
+        raise NarError("--novel-tokens: this tokenizer has no word-start token outside the training targets")
+    return pool
+
+
+def with_novel_tokens(batch: Pairs, rate: float, pool: list[int], llm: FrozenLLM, max_tokens: int,
+                      seed: int) -> Pairs:
+    """`TrainConfig.novel_tokens`: in a `rate` share of the batch's texts one word-start token after the first
+    is replaced by a random token of `pool`; source and target become the new text (re-tokenised; a text that
+    would outgrow max_tokens is left as it was). Seeded by `seed` alone, so a resumed run draws the same."""
+    g = torch.Generator().manual_seed(seed)
+    tok = llm.tokenizer
+    out = batch.take(list(range(len(batch))))
+    for j, ids in enumerate(out.token_ids):
+        if float(torch.rand(1, generator=g)) >= rate:
+            continue
+        starts = [i for i in range(1, len(ids)) if _word_after(tok, ids[i - 1], ids[i]) is not None]
+        if not starts:
+            continue
+        new = list(ids)
+        at = starts[int(torch.randint(len(starts), (1,), generator=g))]
+        new[at] = pool[int(torch.randint(len(pool), (1,), generator=g))]
+        text = tok.decode(new)
+        again = llm.encode(text)
+        if len(again) <= max_tokens:
+            out.sources[j] = out.targets[j] = text
+            out.token_ids[j] = again
+    return out
+
+
 def init_from(cfg: TrainConfig, enc_cfg: EncoderConfig, llm: FrozenLLM, layout: Layout
               ) -> tuple[EncoderConfig, Encoder | None]:
     """The encoder options of a run and, with --init-from, the checkpoint to start from (checked against this
@@ -137,7 +184,7 @@ def init_from(cfg: TrainConfig, enc_cfg: EncoderConfig, llm: FrozenLLM, layout: 
     if clash:
         raise NarError(f"--init-from {cfg.init_from} fixes the encoder options; these differ from it: "
                        + ", ".join(f"{k}={getattr(enc_cfg, k)!r} (checkpoint: {theirs[k]!r})" for k in clash))
-    if base.layout.to_dict() != layout.to_dict():
+    if replace(base.layout, rows=layout.rows) != layout:  # the rows' attention may change, the input may not
         raise NarError(f"--init-from {cfg.init_from}: trained with layout {base.layout.to_dict()}, this run uses "
                        f"{layout.to_dict()}")
     return base.cfg.replace(**grow), base
@@ -154,6 +201,7 @@ def train_encoder(data: str | Path, cfg: TrainConfig, enc_cfg: EncoderConfig, *,
 
     cfg = cfg.replace(precision=llm.precision(cfg.precision))  # the checkpoint records what ran, not 'auto'
     layout, stop_at_eos = run_layout(llm, data)
+    layout = replace(layout, rows=cfg.rows)
     enc_cfg, base = init_from(cfg, enc_cfg, llm, layout)
     stop_at_eos = stop_at_eos or cfg.append_eos
     if enc_cfg.ctc_slots and enc_cfg.ctc_blank < 0:
@@ -188,6 +236,20 @@ def train_encoder(data: str | Path, cfg: TrainConfig, enc_cfg: EncoderConfig, *,
     for flag, on in (("--logit-adjust", cfg.logit_adjust > 0), ("--after-error-weight", cfg.after_error_weight != 1)):
         if on and enc_cfg.ctc_slots:
             raise NarError(f"{flag} applies to the position-wise cross-entropy, not to CTC (--ctc-slots)")
+    if cfg.w_state > 0:
+        depth = llm.model.config.num_hidden_layers
+        for why, bad in (("the position-wise cross-entropy, not CTC (--ctc-slots)", enc_cfg.ctc_slots),
+                         ("Paper A's layout, not an in-context one (--context)", enc_cfg.context != "none"),
+                         (f"blocks 1..{depth} of this LLM (--state-layers)", max(cfg.state_layers) > depth),
+                         ("a loss with the cross-entropy on (--w-ce > 0)", cfg.w_ce <= 0)):
+            if bad:
+                raise NarError(f"--w-state applies to {why}")
+    pool = None
+    if cfg.novel_tokens > 0:
+        if any(s != t for s, t in zip(train.sources, train.targets)) or cfg.append_eos:
+            raise NarError("--novel-tokens is an autoencoding augmentation: every training source must be its "
+                           "own target (and no EOS appended)")
+        pool = novel_token_pool(llm, train.token_ids)
     if cfg.logit_adjust > 0:
         vocab = llm.model.get_output_embeddings().weight.shape[0]
         bias = token_prior_bias(train.token_ids, vocab, cfg.logit_adjust).to(llm.device)
@@ -212,6 +274,8 @@ def train_encoder(data: str | Path, cfg: TrainConfig, enc_cfg: EncoderConfig, *,
             if step > start and step % cfg.save_every == 0:
                 _save_last(run / "last", enc, opt, g, step, best)
             batch = train.take(_sample(lengths, step, cfg, g))
+            if pool is not None:
+                batch = with_novel_tokens(batch, cfg.novel_tokens, pool, llm, cfg.max_tokens, cfg.seed * 1_000_003 + step)
             for pg in opt.param_groups:
                 pg["lr"] = lr_at(step, cfg) * pg.get("lr_scale", 1.0)
             parts = train_step(enc, llm, batch, layout, cfg, opt, params, bias)

@@ -634,7 +634,7 @@ def test_after_error_weight_scales_the_tokens_after_the_first_wrong_one(tiny_llm
     for j, (t, r) in enumerate(zip(targets, right)):
         for i, (tok, ok) in enumerate(zip(t, r)):
             logits[j, i, tok] = 20.0 if ok else -20.0
-    monkeypatch.setattr(tiny_llm, "proto_logits", lambda *a, **k: logits)
+    monkeypatch.setattr(tiny_llm, "proto_pass", lambda *a, **k: (logits, []))
     e, m, layout = torch.zeros(3, 4), torch.zeros(3, 4), Layout(prefix_ids=(0,))
     plain = reconstruction_loss(tiny_llm, e, m, targets, layout)
     half = reconstruction_loss(tiny_llm, e, m, targets, layout, after_error=0.5)
@@ -703,3 +703,101 @@ def test_init_from_may_grow_a_token_table_starting_as_the_checkpoint(tiny_llm, t
     for x, y in zip(first[0], base.predict(src)):
         assert (torch.allclose(x, y) if torch.is_tensor(x) else x == y)
     assert grown.head.tok_table.abs().sum() > 0
+
+
+def test_state_matching_pulls_the_pass_towards_the_llms_own_reading(tiny_llm, texts_file, tmp_path):
+    """reading_states: row i is the frozen LLM's state after reading [prefix, t_1 .. t_i], as an unbatched,
+    unpadded pass gives it; state_mismatch is 0 for states equal to the reading, ignores row 0 and padding, and
+    its gradient moves (e, m) towards the reading; a run trains with w_state and refuses what it cannot match."""
+    from nar.llm import Layout
+    from nar.losses import pad_targets, reconstruction_loss, state_mismatch
+
+    layout = Layout(prefix_ids=(tiny_llm.tokenizer.bos_token_id or 0,))
+    targets = [[5, 6, 7, 8], [9, 10]]
+    tgt = pad_targets(targets)
+    layers = (1, 2)
+    reading = tiny_llm.reading_states(tgt, layout, layers)
+    alone = tiny_llm.model(input_ids=torch.tensor([list(layout.prefix_ids) + targets[1][:1]]),
+                           output_hidden_states=True).hidden_states
+    for k, r in zip(layers, reading):
+        assert r.shape == (2, 4, tiny_llm.hidden_size)
+        assert torch.allclose(r[1, :2], alone[k][0], atol=1e-5)
+    valid = tgt != -100
+    assert torch.allclose(state_mismatch(reading, reading, valid), torch.zeros(2), atol=1e-6)
+    noisy = [r.clone() for r in reading]
+    for r in noisy:
+        r[:, 0] = torch.randn_like(r[:, 0])  # row 0 (the prefix's row) and text 1's padding do not count
+        r[1, 2:] = torch.randn_like(r[1, 2:])
+    assert torch.allclose(state_mismatch(noisy, reading, valid), torch.zeros(2), atol=1e-6)
+    torch.manual_seed(0)
+    e = torch.randn(2, tiny_llm.hidden_size, requires_grad=True)
+    m = torch.randn(2, tiny_llm.hidden_size, requires_grad=True)
+    opt = torch.optim.Adam([e, m], lr=0.05)
+    first = None
+    for _ in range(30):
+        rec = reconstruction_loss(tiny_llm, e, m, targets, layout, state_layers=layers)
+        first = float(rec.state.mean().detach()) if first is None else first
+        opt.zero_grad()
+        rec.state.mean().backward()
+        opt.step()
+    assert float(rec.state.mean().detach()) < 0.8 * first
+    assert reconstruction_loss(tiny_llm, e, m, targets, layout).state is None
+    cfg = TrainConfig(run_dir=str(tmp_path / "run"), steps=3, val_every=3, save_every=3, w_state=0.5,
+                      state_layers=(1, 2), val_data=str(texts_file / "dev.jsonl"), **RUN)
+    assert train_encoder(texts_file / "train.jsonl", cfg, ENC, llm=tiny_llm, show_progress=False)["steps"] == 3
+    with pytest.raises(NarError, match="state-layers"):
+        train_encoder(texts_file / "train.jsonl", cfg.replace(state_layers=(99,)), ENC, llm=tiny_llm,
+                      show_progress=False)
+    with pytest.raises(NarError, match="w_state"):
+        TrainConfig(w_state=-1.0)
+
+
+def test_a_run_with_independent_rows_records_them_and_may_start_from_a_causal_checkpoint(tiny_llm, texts_file,
+                                                                                          tmp_path):
+    """--rows independent: the checkpoint's layout records the rows and decoding reads them from there; a run
+    may go on from a checkpoint trained under the other rows (same input, other attention)."""
+    from nar.encoder import Encoder
+
+    base = TrainConfig(run_dir=str(tmp_path / "causal"), steps=2, val_every=2, save_every=2,
+                       val_data=str(texts_file / "dev.jsonl"), **RUN)
+    train_encoder(texts_file / "train.jsonl", base, ENC, llm=tiny_llm, show_progress=False)
+    assert Encoder.from_pretrained(tmp_path / "causal" / "last", llm=tiny_llm).layout.rows == "causal"
+    ind = base.replace(run_dir=str(tmp_path / "ind"), rows="independent", init_from=str(tmp_path / "causal" / "last"))
+    res = train_encoder(texts_file / "train.jsonl", ind, EncoderConfig(), llm=tiny_llm, show_progress=False)
+    enc = Encoder.from_pretrained(tmp_path / "ind" / "last", llm=tiny_llm)
+    assert enc.layout.rows == "independent" and res["steps"] == 2
+    with pytest.raises(NarError, match="rows"):
+        TrainConfig(rows="diagonal")
+
+
+def test_novel_tokens_put_unknown_words_into_autoencoding_texts(tiny_llm, texts_file, tmp_path):
+    """novel_tokens: the pool holds only word-start tokens no training target holds; at rate 1 every text with
+    a second word gets one of them in place of a word-start token, as source and target alike, the same for the
+    same seed; rate 0 changes nothing; a run trains with it, and seq2seq pairs are refused."""
+    from nar.data import train_val_splits
+    from nar.train import novel_token_pool, with_novel_tokens
+
+    cfg = TrainConfig(val_data=str(texts_file / "dev.jsonl"), max_tokens=16)
+    train, _ = train_val_splits(texts_file / "train.jsonl", tiny_llm, cfg)
+    pool = novel_token_pool(tiny_llm, train.token_ids)
+    seen = {t for x in train.token_ids for t in x}
+    assert pool and not seen & set(pool)
+    assert all(tiny_llm.tokenizer.decode([i]).strip().isalpha() for i in pool)
+    out = with_novel_tokens(train, 1.0, pool, tiny_llm, 16, seed=3)
+    assert with_novel_tokens(train, 1.0, pool, tiny_llm, 16, seed=3).sources == out.sources
+    assert with_novel_tokens(train, 0.0, pool, tiny_llm, 16, seed=3).sources == train.sources
+    changed = 0
+    for s0, s1, t1, ids in zip(train.sources, out.sources, out.targets, out.token_ids):
+        assert s1 == t1 and ids == tiny_llm.encode(s1)
+        if len(s0.split()) > 1 and s1 != s0:
+            changed += 1
+            assert set(ids) & set(pool)
+    assert changed >= len(train) // 2
+    run = TrainConfig(run_dir=str(tmp_path / "run"), steps=2, val_every=2, save_every=2, novel_tokens=0.5,
+                      val_data=str(texts_file / "dev.jsonl"), **RUN)
+    assert train_encoder(texts_file / "train.jsonl", run, ENC, llm=tiny_llm, show_progress=False)["steps"] == 2
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"source": "a cat", "target": "the dog"}\n{"source": "a cow", "target": "the hen"}\n')
+    with pytest.raises(NarError, match="autoencoding"):
+        train_encoder(pairs, run.replace(val_data=None, source_column="source", target_column="target"), ENC,
+                      llm=tiny_llm, show_progress=False)
