@@ -66,8 +66,8 @@ class TorchBackend(Backend):
         from nar.llm import forward_kwargs, last_positions
 
         embeds = embeds.to(self.llm.device, self.llm.dtype)
-        kwargs = forward_kwargs(None if mask is None else mask.to(self.llm.device), own_rows, embeds.shape[:2],
-                                embeds.device)
+        kwargs = forward_kwargs(None if mask is None else mask.to(self.llm.device), self.llm.check_rows(own_rows),
+                                embeds.shape[:2], embeds.device, self.llm.dtype)
         with self.llm.autocast(self.precision):
             out = self.llm.model(inputs_embeds=embeds, use_cache=False,
                                  logits_to_keep=last_positions(embeds.shape[1], n, embeds.device), **kwargs)

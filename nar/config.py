@@ -454,7 +454,8 @@ class TrainConfig(StageConfig):
     so that each output row holds what an autoregressive reader holds when it writes that token. 0: off
     (docs/ENCODER.md, fourteenth session)."""
     state_layers: tuple[int, ...] = (10, 15, 20)
-    """Blocks whose output states `w_state` matches (1 = after the first block)."""
+    """Blocks whose output states `w_state` matches (the model's hidden_states indexing: 1 = after the first
+    block; the last block's state is taken after the final norm)."""
     val_frac: float = 0.1
     """Held-out fraction when no val_data is given (seeded split, at least one text)."""
     val_every: int = 200

@@ -163,12 +163,12 @@ def left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 def forward_kwargs(mask: torch.Tensor | None, own_rows: int = 0, shape: tuple[int, int] | None = None,
-                   device: torch.device | str | None = None) -> dict:
+                   device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> dict:
     """The model's attention_mask/position_ids for left-padded input (nothing for an unpadded, causal batch).
 
     mask: (B, T), 0 on left padding, or None. own_rows > 0 (`Layout.own_rows`): the last own_rows positions
     attend to the positions before them and to themselves only, given as a (B, 1, T, T) additive mask; `shape`
-    (B, T) and `device` are then needed when mask is None."""
+    (B, T) and `device` are then needed when mask is None; `dtype` is the additive mask's (the model's own)."""
     if own_rows <= 0:
         return {} if mask is None else {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
     b, t = mask.shape if mask is not None else shape
@@ -180,7 +180,7 @@ def forward_kwargs(mask: torch.Tensor | None, own_rows: int = 0, shape: tuple[in
     if mask is not None:
         allow = allow & mask.bool()[:, None, :]
     allow = allow | eye  # a padding row keeps itself (it is never read): no softmax over nothing
-    bias = torch.zeros(b, 1, t, t, device=dev).masked_fill(~allow[:, None], torch.finfo(torch.float32).min)
+    bias = torch.zeros(b, 1, t, t, device=dev, dtype=dtype).masked_fill(~allow[:, None], torch.finfo(dtype).min)
     kw = {"attention_mask": bias}
     if mask is not None:
         kw["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -306,6 +306,15 @@ class FrozenLLM:
         """Token ids of a target text, without special tokens."""
         return list(self.tokenizer(text, add_special_tokens=False).input_ids)
 
+    def check_rows(self, own_rows: int) -> int:
+        """own_rows, once this model's attention is known to honour a 4D additive mask (eager or sdpa; flash
+        attention may ignore one silently)."""
+        impl = getattr(self.model.config, "_attn_implementation", None)
+        if own_rows and impl not in (None, "eager", "sdpa"):
+            raise NarError(f"independent rows (--rows independent) need eager or sdpa attention, not {impl!r}: "
+                           "load the model with attn_implementation='sdpa'")
+        return own_rows
+
     def proto_inputs(self, e: torch.Tensor, m: torch.Tensor, n: int, layout: Layout,
                      pos: torch.Tensor | None = None, context: Context | None = None) -> torch.Tensor:
         """Input embeddings for a batch of proto-tokens.
@@ -349,12 +358,12 @@ class FrozenLLM:
     def proto_pass(self, e: torch.Tensor, m: torch.Tensor, n: int, layout: Layout, pos: torch.Tensor | None = None,
                    context: Context | None = None, layers: Sequence[int] = ()
                    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """`proto_logits`, and the hidden states (B, n, D) of the same last n rows after each block in `layers`
-        (1 = after the first block; the model's hidden_states indexing)."""
+        """`proto_logits`, and the hidden states (B, n, D) of the same last n rows for each k in `layers`: the
+        model's hidden_states[k], after block k (1 = the first; the last one after the final norm)."""
         embeds = self.proto_inputs(e, m, n, layout, pos, context).to(self.dtype)
         mask = None if context is None else context.full_mask(embeds.shape[1])
         keep = last_positions(embeds.shape[1], n, embeds.device)
-        kw = forward_kwargs(mask, layout.own_rows(n), embeds.shape[:2], embeds.device)
+        kw = forward_kwargs(mask, self.check_rows(layout.own_rows(n)), embeds.shape[:2], embeds.device, self.dtype)
         out = self.model(inputs_embeds=embeds, use_cache=False, logits_to_keep=keep,
                          output_hidden_states=bool(layers), **kw)
         return out.logits[:, -n:], [out.hidden_states[k][:, -n:] for k in layers]

@@ -102,7 +102,8 @@ def state_mismatch(states: Sequence[torch.Tensor], reading: Sequence[torch.Tenso
     """(B,) each text's mean of 1 - cos(pass state, reading state) over the given layers and its rows 1 .. N-1,
     both centred on the reading states' mean over those rows of the batch (a few massive dimensions shared by
     all rows dominate raw cosines: docs/ENCODER.md, fourteenth session). Row 0 is left out: the reader's row
-    there is the prefix's, an attention sink, not a state after reading a token. A one-token text scores 0."""
+    there is the prefix's, an attention sink, not a state after reading a token. A one-token text scores 0. The
+    centre is the batch's, so the term needs batches with several rows (with one row it is a constant 1)."""
     rows = valid.clone()
     rows[:, 0] = False
     n = rows.sum(1)

@@ -161,7 +161,7 @@ def with_novel_tokens(batch: Pairs, rate: float, pool: list[int], llm: FrozenLLM
         new = list(ids)
         at = starts[int(torch.randint(len(starts), (1,), generator=g))]
         new[at] = pool[int(torch.randint(len(pool), (1,), generator=g))]
-        text = tok.decode(new)
+        text = tok.decode(new, clean_up_tokenization_spaces=False)
         again = llm.encode(text)
         if len(again) <= max_tokens:
             out.sources[j] = out.targets[j] = text
@@ -241,7 +241,8 @@ def train_encoder(data: str | Path, cfg: TrainConfig, enc_cfg: EncoderConfig, *,
         for why, bad in (("the position-wise cross-entropy, not CTC (--ctc-slots)", enc_cfg.ctc_slots),
                          ("Paper A's layout, not an in-context one (--context)", enc_cfg.context != "none"),
                          (f"blocks 1..{depth} of this LLM (--state-layers)", max(cfg.state_layers) > depth),
-                         ("a loss with the cross-entropy on (--w-ce > 0)", cfg.w_ce <= 0)):
+                         ("a loss with the cross-entropy on (--w-ce > 0)", cfg.w_ce <= 0),
+                         ("a layout with a prefix (the row that writes the first token)", not layout.prefix_ids)):
             if bad:
                 raise NarError(f"--w-state applies to {why}")
     pool = None
@@ -249,6 +250,9 @@ def train_encoder(data: str | Path, cfg: TrainConfig, enc_cfg: EncoderConfig, *,
         if any(s != t for s, t in zip(train.sources, train.targets)) or cfg.append_eos:
             raise NarError("--novel-tokens is an autoencoding augmentation: every training source must be its "
                            "own target (and no EOS appended)")
+        if train.e is not None and cfg.w_reg > 0:
+            raise NarError("--novel-tokens changes texts whose fitted proto-tokens are regression targets: use "
+                           "it with a text file, or with --w-reg 0")
         pool = novel_token_pool(llm, train.token_ids)
     if cfg.logit_adjust > 0:
         vocab = llm.model.get_output_embeddings().weight.shape[0]
@@ -275,7 +279,8 @@ def train_encoder(data: str | Path, cfg: TrainConfig, enc_cfg: EncoderConfig, *,
                 _save_last(run / "last", enc, opt, g, step, best)
             batch = train.take(_sample(lengths, step, cfg, g))
             if pool is not None:
-                batch = with_novel_tokens(batch, cfg.novel_tokens, pool, llm, cfg.max_tokens, cfg.seed * 1_000_003 + step)
+                batch = with_novel_tokens(batch, cfg.novel_tokens, pool, llm, cfg.max_tokens,
+                                          cfg.seed * 1_000_003 + step)
             for pg in opt.param_groups:
                 pg["lr"] = lr_at(step, cfg) * pg.get("lr_scale", 1.0)
             parts = train_step(enc, llm, batch, layout, cfg, opt, params, bias)

@@ -24,8 +24,8 @@ from nar.losses import reconstruction_loss
 def fit(llm, targets: list[list[int]], layout: Layout, steps: int) -> list[dict]:
     torch.manual_seed(0)
     emb = llm.model.get_input_embeddings().weight.detach().float()
-    e = (emb.mean(0) + 0.01 * torch.randn(len(targets), emb.shape[1])).requires_grad_()
-    m = (emb.mean(0) + 0.01 * torch.randn(len(targets), emb.shape[1])).requires_grad_()
+    e = (emb.mean(0) + 0.01 * torch.randn(len(targets), emb.shape[1]).to(emb.device)).requires_grad_()
+    m = (emb.mean(0) + 0.01 * torch.randn(len(targets), emb.shape[1]).to(emb.device)).requires_grad_()
     opt = torch.optim.Adam([e, m], lr=3e-2)
     log, t0 = [], time.perf_counter()
     for step in range(steps + 1):

@@ -91,10 +91,10 @@ def main() -> None:
         for src, tg in zip(held.sources, held.token_ids):
             with llm.autocast("auto"):
                 e, m, _ = enc([src])
-            emb = llm.proto_inputs(e.float(), m.float(), len(tg), layout)[0]
-            p = states(llm, emb, len(tg))
-            logits = llm.model.lm_head(p[-1].to(llm.dtype)).float() if hasattr(llm.model, "lm_head") else None
-            right = logits.argmax(-1).cpu() == torch.tensor(tg)
+                logits, hs = llm.proto_pass(e.float(), enc.m_inputs(m.float()), len(tg), layout, enc.head.pos,
+                                            layers=range(llm.model.config.num_hidden_layers + 1))
+            p = torch.stack([h[0].float() for h in hs])  # the encoder's own read-out, position codes and rows
+            right = logits[0].float().argmax(-1).cpu() == torch.tensor(tg)
             clean = torch.cumprod(torch.cat([torch.ones(1, dtype=torch.bool), right[:-1]]).long(), 0).bool()
             t = teacher_states(llm, layout, tg)
             rows.append((p, t, clean))
@@ -121,8 +121,8 @@ def joint_fit(llm, layout, targets, w: float, steps: int, layers=(10, 15, 20)) -
     """Fit (e, m) per text on CE + w x state mismatch; the trajectory of accuracy and mismatch."""
     torch.manual_seed(0)
     emb = llm.model.get_input_embeddings().weight.detach().float()
-    e = (emb.mean(0) + 0.01 * torch.randn(len(targets), emb.shape[1])).requires_grad_()
-    m = (emb.mean(0) + 0.01 * torch.randn(len(targets), emb.shape[1])).requires_grad_()
+    e = (emb.mean(0) + 0.01 * torch.randn(len(targets), emb.shape[1]).to(emb.device)).requires_grad_()
+    m = (emb.mean(0) + 0.01 * torch.randn(len(targets), emb.shape[1]).to(emb.device)).requires_grad_()
     opt = torch.optim.Adam([e, m], lr=3e-2)
     log = []
     for step in range(steps + 1):

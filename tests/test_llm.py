@@ -114,6 +114,9 @@ def test_independent_rows_read_only_what_precedes_the_ms_and_themselves(tiny_llm
         a, b = tiny_llm.proto_logits(e, m, 7, lay), tiny_llm.proto_logits(e, bumped, 7, lay)
         changed = [i for i in range(7) if not torch.allclose(a[:, i], b[:, i], atol=1e-6)]
         assert changed == moved, rows
+        e2 = e + 1.0  # every output row, the m rows included, reads e
+        c = tiny_llm.proto_logits(e2, m, 7, lay)
+        assert all(not torch.allclose(a[:, i], c[:, i], atol=1e-6) for i in range(7)), rows
     ind = Layout(bos, "e", "independent")
     ms = torch.randn(3, d, generator=g)
     es = torch.randn(3, d, generator=g)
