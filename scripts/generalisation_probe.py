@@ -71,10 +71,11 @@ def by_frequency(pred, targets, freq, own=None) -> dict:
 def cascade(pred, targets, freq=None) -> dict:
     """Do errors cascade? Token accuracy at positions whose earlier tokens are all right ("clean") against
     positions after a first error ("after"), and among the wrong tokens after a first error the share that are
-    the target's neighbour (t[i-1] or t[i+1]: the output is the target shifted by one token); `by_position`: at each
-    position, [tokens, accuracy] on either side, to compare at the same position; with `freq`, how many first
-    errors fall on each training-frequency band and the clean-prefix accuracy per band."""
-    clean, after, wrong_after, shifted = [0, 0], [0, 0], 0, 0
+    the target's neighbour (t[i-1] or t[i+1]: the output is the target shifted by one token), split into running
+    ahead (t[i+1]: a target token skipped) and lagging (t[i-1]: one written twice or spread over two);
+    `by_position`: at each position, [tokens, accuracy] on either side, to compare at the same position; with
+    `freq`, how many first errors fall on each training-frequency band and the clean-prefix accuracy per band."""
+    clean, after, wrong_after, shifted, ahead, lagging = [0, 0], [0, 0], 0, 0, 0, 0
     at = defaultdict(lambda: [0, 0, 0, 0])  # position -> [clean tokens, right, after tokens, right]
     band_clean = defaultdict(lambda: [0, 0])  # frequency band -> [clean tokens, right]: where first errors start
     for p, t in zip(pred, targets):
@@ -92,10 +93,14 @@ def cascade(pred, targets, freq=None) -> dict:
             if hit and not right:
                 wrong_after += 1
                 shifted += int(len(p) > i and p[i] in t[max(i - 1, 0):i] + t[i + 1:i + 2])
+                ahead += int(len(p) > i and p[i] in t[i + 1:i + 2])
+                lagging += int(len(p) > i and p[i] in t[max(i - 1, 0):i])
             hit = hit or not right
     return {"clean_tokens": clean[0], "clean_acc": round(clean[1] / max(clean[0], 1), 3),
             "after_tokens": after[0], "after_acc": round(after[1] / max(after[0], 1), 3),
             "wrong_after_shifted_share": round(shifted / max(wrong_after, 1), 3),
+            "wrong_after_ahead_share": round(ahead / max(wrong_after, 1), 3),
+            "wrong_after_lagging_share": round(lagging / max(wrong_after, 1), 3),
             "first_errors_by_band": {b: n - r for b, (n, r) in band_clean.items()},
             "clean_acc_by_band": {b: [n, round(r / n, 3)] for b, (n, r) in band_clean.items()},
             "by_position": {i: {"clean": [c, round(r / c, 3) if c else None],
