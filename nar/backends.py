@@ -67,7 +67,7 @@ class TorchBackend(Backend):
 
         embeds = embeds.to(self.llm.device, self.llm.dtype)
         kwargs = forward_kwargs(None if mask is None else mask.to(self.llm.device), self.llm.check_rows(own_rows),
-                                embeds.shape[:2], embeds.device, self.llm.dtype)
+                                embeds)
         with self.llm.autocast(self.precision):
             out = self.llm.model(inputs_embeds=embeds, use_cache=False,
                                  logits_to_keep=last_positions(embeds.shape[1], n, embeds.device), **kwargs)

@@ -16,6 +16,9 @@ from nar.errors import NarError
 PRECISIONS = ("auto", "bf16", "fp32")
 """Autocast of the frozen LLM's passes; 'auto' is resolved by `nar.llm.FrozenLLM.precision`."""
 
+ROWS = ("causal", "independent")
+"""How the output rows of the one pass attend (`nar.llm.Layout.rows`, `TrainConfig.rows`)."""
+
 
 def _check(cond: bool, msg: str) -> None:
     if not cond:
@@ -487,7 +490,7 @@ class TrainConfig(StageConfig):
         _check(min(self.w_reg, self.w_ce, self.w_len, self.logit_adjust) >= 0,
                "loss weights and logit_adjust must be >= 0")
         _check(0 <= self.after_error_weight <= 1, "after_error_weight must be in [0, 1]")
-        _check(self.rows in ("causal", "independent"), "rows must be 'causal' or 'independent'")
+        _check(self.rows in ROWS, f"rows must be one of {ROWS}")
         _check(0 <= self.novel_tokens <= 1, "novel_tokens must be in [0, 1]")
         _check(self.w_state >= 0 and all(k >= 1 for k in self.state_layers),
                "w_state must be >= 0 and state_layers >= 1")

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from nar.artifacts import llm_record, weights_hash
+from nar.config import ROWS
 from nar.errors import NarError
 
 log = logging.getLogger(__name__)
@@ -67,10 +68,6 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if dtype not in table:
         raise NarError(f"unknown dtype {dtype!r}; choose one of {sorted(table)}")
     return table[dtype]
-
-
-ROWS = ("causal", "independent")
-"""How the output rows of the one pass attend (`Layout.rows`)."""
 
 
 @dataclass(frozen=True)
@@ -162,23 +159,21 @@ def left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tenso
     return ids, mask
 
 
-def forward_kwargs(mask: torch.Tensor | None, own_rows: int = 0, shape: tuple[int, int] | None = None,
-                   device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> dict:
+def forward_kwargs(mask: torch.Tensor | None, own_rows: int = 0, embeds: torch.Tensor | None = None) -> dict:
     """The model's attention_mask/position_ids for left-padded input (nothing for an unpadded, causal batch).
 
     mask: (B, T), 0 on left padding, or None. own_rows > 0 (`Layout.own_rows`): the last own_rows positions
-    attend to the positions before them and to themselves only, given as a (B, 1, T, T) additive mask; `shape`
-    (B, T) and `device` are then needed when mask is None; `dtype` is the additive mask's (the model's own)."""
+    attend to the positions before them and to themselves only, given as a (B, 1, T, T) additive mask in the
+    dtype and on the device of `embeds` (B, T, D), the pass's input, which is then needed."""
     if own_rows <= 0:
         return {} if mask is None else {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
-    b, t = mask.shape if mask is not None else shape
-    dev = mask.device if mask is not None else device
+    (b, t), dev, dtype = embeds.shape[:2], embeds.device, embeds.dtype
     eye = torch.eye(t, dtype=torch.bool, device=dev)
     allow = torch.ones(t, t, dtype=torch.bool, device=dev).tril()
     allow[t - own_rows:, t - own_rows:] = eye[:own_rows, :own_rows]
     allow = allow.expand(b, t, t)
     if mask is not None:
-        allow = allow & mask.bool()[:, None, :]
+        allow = allow & mask.to(dev).bool()[:, None, :]
     allow = allow | eye  # a padding row keeps itself (it is never read): no softmax over nothing
     bias = torch.zeros(b, 1, t, t, device=dev, dtype=dtype).masked_fill(~allow[:, None], torch.finfo(dtype).min)
     kw = {"attention_mask": bias}
@@ -363,7 +358,7 @@ class FrozenLLM:
         embeds = self.proto_inputs(e, m, n, layout, pos, context).to(self.dtype)
         mask = None if context is None else context.full_mask(embeds.shape[1])
         keep = last_positions(embeds.shape[1], n, embeds.device)
-        kw = forward_kwargs(mask, self.check_rows(layout.own_rows(n)), embeds.shape[:2], embeds.device, self.dtype)
+        kw = forward_kwargs(mask, self.check_rows(layout.own_rows(n)), embeds)
         out = self.model(inputs_embeds=embeds, use_cache=False, logits_to_keep=keep,
                          output_hidden_states=bool(layers), **kw)
         return out.logits[:, -n:], [out.hidden_states[k][:, -n:] for k in layers]
