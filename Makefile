@@ -53,11 +53,19 @@ ENCODER_STEPS := 9000
 ENCODER_CURRICULUM := 300
 ENCODER_TRAIN := HF_HUB_OFFLINE=1 $(BIN)/nar train-encoder out/data/stsb-train.jsonl --val-data out/data/stsb-dev.jsonl \
 	--run-dir out/stsb-autoencoder $(ENCODER_RECIPE) --curriculum $(ENCODER_CURRICULUM) --val-every 600 --save-every 600
+# Then a 600-step fine-tune (docs/ENCODER.md, "Fifteenth session"; ~7 min): source tokens seen fewer than 3 times
+# in training read as one learned unknown vector (--unk-below 3), and half the training texts with one word
+# swapped for a token no training text holds (--novel-tokens 0.5): +0.015 / +0.017 held-out token accuracy on
+# all of STS-B dev in two seeds against the same fine-tune without them.
+ENCODER_FINETUNE := HF_HUB_OFFLINE=1 $(BIN)/nar train-encoder out/data/stsb-train.jsonl --val-data out/data/stsb-dev.jsonl \
+	--run-dir out/stsb-autoencoder-ft --init-from out/stsb-autoencoder/last --max-tokens 16 --precision auto \
+	--unk-below 3 --novel-tokens 0.5 --steps 600 --lr 3e-4 --warmup 30 --curriculum 0 --val-every 300 --save-every 300
 stsb-autoencoder: setup
 	HF_HUB_OFFLINE=1 $(BIN)/nar make-data --stsb $(STSB) --out out/data
 	$(ENCODER_TRAIN) --steps $(ENCODER_STEPS)
+	$(ENCODER_FINETUNE)
 	mkdir -p checkpoints/stsb-autoencoder
-	cp out/stsb-autoencoder/last/config.json out/stsb-autoencoder/last/model.safetensors checkpoints/stsb-autoencoder/
+	cp out/stsb-autoencoder-ft/last/config.json out/stsb-autoencoder-ft/last/model.safetensors checkpoints/stsb-autoencoder/
 
 # The seq2seq task (docs/ENCODER.md): "Continue the story: <STS-B sentence>" -> the frozen LLM's own greedy
 # 16-token continuation (chat template). Prompts from STS-B train; held out: STS-B dev sentences (none in train).

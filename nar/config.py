@@ -302,6 +302,15 @@ class EncoderConfig(StageConfig):
     a token is learned as a lookup entry in a few draws instead of being carved out of the shared MLP over tens to
     hundreds (docs/ENCODER.md, ninth to twelfth sessions). A token never seen in training keeps a zero row.
     0: off."""
+    unk_below: int = 0
+    """With head 'sum': > 0 reads every source token that occurs fewer than this many times in the training sources
+    as one learned 'unknown' vector (the target keeps the real token): the head learns one code for all rare
+    tokens from all their draws, instead of a poor code of its own for each, so a rare word marks its slot without
+    disturbing the code of the words around it (docs/ENCODER.md, fifteenth session). The tokens counted as known
+    are kept in the checkpoint (this run's training sources decide them). 0: off."""
+    unk_mode: str = "replace"
+    """With unk_below: 'replace' (a rare token is read as the unknown vector alone) or 'mark' (its own input plus
+    the unknown vector: the head is told the token is rare and still sees which one it is)."""
     pos_codes: bool = False
     """Add learned, text-independent position codes to the m copies."""
     out_norm: float = 0.0
@@ -366,6 +375,9 @@ class EncoderConfig(StageConfig):
         _check(not self.bind or self.head == "sum", "bind needs head 'sum'")
         _check(self.token_table >= 0 and (self.token_table == 0 or self.head == "sum"),
                "token_table must be >= 0, and > 0 needs head 'sum'")
+        _check(self.unk_below >= 0 and (self.unk_below == 0 or self.head == "sum"),
+               "unk_below must be >= 0, and > 0 needs head 'sum'")
+        _check(self.unk_mode in ("replace", "mark"), "unk_mode must be 'replace' or 'mark'")
         _check(0 <= self.dropout < 1, "dropout must be in [0, 1)")
         _check(self.out_norm >= 0 and self.init_spread >= 0, "out_norm and init_spread must be >= 0")
         _check(self.n_e >= 1 and self.lora_rank >= 0, "n_e must be >= 1 and lora_rank >= 0")

@@ -142,15 +142,20 @@ class SumHead(ProtoHead):
     (c_s a learned slot code): the sum of parts stays compositional, its read-out no longer linear.
     With `token_table` = r > 0, W x_i becomes W x_i + U T[t_i]: T a (vocab, r) table of zero-started rows, one per
     token id (a lookup that learns a token in a few draws), U a (d, r) projection.
+    With `unk_below` > 0, W x_i becomes a learned vector u (zero-started), or W x_i + u with unk_mode 'mark', for
+    every token not marked known (the `known` buffer, set from the training sources by `Encoder.mark_known`).
     """
 
     def __init__(self, in_dim: int, llm_dim: int, cfg: EncoderConfig, vocab: int = 0):
         super().__init__(in_dim, llm_dim, cfg)
         d, self.slots = cfg.d_model, cfg.n_e + 2
-        if cfg.token_table and vocab < 1:
-            raise NarError("a per-token table needs the reader's vocabulary size")
+        if (cfg.token_table or cfg.unk_below) and vocab < 1:
+            raise NarError("a per-token table or an unknown-token vector needs the reader's vocabulary size")
         self.tok_table = nn.Parameter(torch.zeros(vocab, cfg.token_table)) if cfg.token_table else None
         self.tok_proj = nn.Linear(cfg.token_table, d, bias=False) if cfg.token_table else None
+        self.unk, self.unk_mode = (nn.Parameter(torch.zeros(d)) if cfg.unk_below else None), cfg.unk_mode
+        if cfg.unk_below:  # every token known until mark_known says otherwise: the head starts as without it
+            self.register_buffer("known", torch.ones(vocab, dtype=torch.bool))
         self.src_pos = nn.Parameter(torch.randn(cfg.max_source_tokens, d) * 0.02)
         # zero-started: a bound head begins as the unbound one
         self.src_gate = nn.Parameter(torch.zeros(cfg.max_source_tokens, d)) if cfg.bind else None
@@ -164,6 +169,9 @@ class SumHead(ProtoHead):
 
     def pool(self, states: torch.Tensor, mask: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
         x = self.inp(states)
+        if self.unk is not None:
+            u = self.unk.to(x.dtype)
+            x = torch.where(self.known[ids][..., None], x, u if self.unk_mode == "replace" else x + u)
         if self.tok_table is not None:
             x = x + self.tok_proj(self.tok_table[ids].to(x.dtype))
         if self.src_gate is not None:
@@ -291,7 +299,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.reader = reader
-        extra = {"vocab": len(reader.tokenizer)} if cfg.token_table else {}
+        extra = {"vocab": len(reader.tokenizer)} if cfg.token_table or cfg.unk_below else {}
         self.head = HEADS[cfg.head](reader.hidden_size, llm_dim, cfg, **extra)
         self.meta = meta
 
@@ -350,6 +358,19 @@ class Encoder(nn.Module):
             log.warning("%d source(s) longer than %d tokens were truncated", truncated, self.cfg.max_source_tokens)
         states = self.reader(enc)
         return self.head(states.to(self.head.inp.weight.dtype), enc["attention_mask"].bool(), enc["input_ids"])
+
+    @torch.no_grad()
+    def mark_known(self, sources: list[str]) -> int:
+        """`EncoderConfig.unk_below`: mark as known the reader's tokens that occur at least unk_below times in
+        `sources` (special tokens always); the rest are read as the head's unknown vector. Returns how many
+        distinct tokens of the sources stay unknown."""
+        tok = self.reader.tokenizer
+        ids = [i for s in sources for i in tok(s, add_special_tokens=False).input_ids]
+        counts = torch.bincount(torch.tensor(ids, dtype=torch.long), minlength=len(tok))
+        known = counts >= self.cfg.unk_below
+        known[[i for i in tok.all_special_ids if i < len(tok)]] = True
+        self.head.known.copy_(known.to(self.head.known.device))
+        return int(((counts > 0) & ~known).sum())
 
     @torch.no_grad()
     def predict(self, sources: list[str], batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor, list[int]]:

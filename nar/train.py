@@ -180,6 +180,9 @@ def init_from(cfg: TrainConfig, enc_cfg: EncoderConfig, llm: FrozenLLM, layout: 
     # a per-token table may be added to a checkpoint without one: its rows start at zero, so the encoder starts
     # as the checkpoint's
     grow = {"token_table": enc_cfg.token_table} if theirs["token_table"] == 0 and enc_cfg.token_table else {}
+    # so may the unknown-token vector (zero-started; the rare tokens' inputs change from the first step)
+    if theirs["unk_below"] == 0 and enc_cfg.unk_below:
+        grow.update(unk_below=enc_cfg.unk_below, unk_mode=enc_cfg.unk_mode)
     clash = sorted(k for k, v in enc_cfg.to_dict().items() if v != default[k] and v != theirs[k] and k not in grow)
     if clash:
         raise NarError(f"--init-from {cfg.init_from} fixes the encoder options; these differ from it: "
@@ -222,6 +225,8 @@ def train_encoder(data: str | Path, cfg: TrainConfig, enc_cfg: EncoderConfig, *,
     enc.init_outputs(*means)
     if base is not None:  # what the checkpoint lacks (a grown token table) keeps this encoder's own start
         enc.load_state_tensors({**enc.state_tensors(), **base.state_tensors()})
+    if enc_cfg.unk_below:  # this run's sources decide which tokens are known (a resumed run: the same ones)
+        meta["data"]["unknown_tokens"] = enc.mark_known(train.sources)  # distinct training tokens read as unknown
     elif enc_cfg.init_spread > 0 and not cfg.resume:
         sample = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))[:64].tolist()
         enc.spread_outputs(train.take(sample).sources, *means, enc_cfg.init_spread * float(emb.norm(dim=-1).mean()))

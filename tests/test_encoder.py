@@ -705,6 +705,56 @@ def test_init_from_may_grow_a_token_table_starting_as_the_checkpoint(tiny_llm, t
     assert grown.head.tok_table.abs().sum() > 0
 
 
+def test_unk_below_reads_rare_source_tokens_as_one_learned_vector(tiny_llm, texts_file, tmp_path):
+    """unk_below K: tokens seen fewer than K times in the training sources are read as the head's one unknown
+    vector: two sources that differ only in such tokens get the same proto-tokens, sources that differ in a known
+    token do not; the known set is this run's and survives a reload; an old checkpoint may grow the vector, and
+    with unk_mode 'mark' a rare token keeps its own input besides it."""
+    tok = tiny_llm.tokenizer
+    lines = [json.loads(x)["text"] for x in (texts_file / "train.jsonl").read_text().splitlines()]
+    counts: dict[int, int] = {}
+    for t in lines:
+        for i in tok(t, add_special_tokens=False).input_ids:
+            counts[i] = counts.get(i, 0) + 1
+    kw = dict(val_every=4, save_every=4, val_data=str(texts_file / "dev.jsonl"), **RUN)
+    cfg = EncoderConfig(**{**ENC.to_dict(), "head": "sum", "unk_below": 2})
+    res = train_encoder(texts_file / "train.jsonl", TrainConfig(run_dir=str(tmp_path / "run"), steps=4, **kw), cfg,
+                        llm=tiny_llm, show_progress=False)
+    enc = res["encoder"]
+    known = enc.head.known.cpu()
+    assert [i for i, c in counts.items() if not known[i]] == [i for i, c in counts.items() if c < 2]
+    once = [i for i, c in counts.items() if c == 1]
+    unseen = [i for i in range(len(tok)) if i not in counts and i not in tok.all_special_ids][:50]
+    assert once and not known[unseen].any() and known[tok.all_special_ids].all()
+    assert enc.head.unk.detach().abs().sum() > 0  # trained: rare tokens in the sources reached it
+    frequent, second = sorted(counts, key=counts.get)[-2:]
+
+    @torch.no_grad()
+    def e(ids):  # the head on given token ids (no round trip through text)
+        enc.eval()
+        x, ones = torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long)
+        return enc.head(enc.reader({"input_ids": x, "attention_mask": ones}), ones.bool(), x)[0]
+
+    assert torch.equal(e([frequent, once[0], frequent]), e([frequent, unseen[0], frequent]))
+    assert not torch.equal(e([frequent, second, frequent]), e([frequent, once[0], frequent]))
+    loaded = Encoder.from_pretrained(tmp_path / "run" / "last", llm=tiny_llm)
+    assert torch.equal(loaded.head.known.cpu(), known)
+    assert json.loads((tmp_path / "run" / "last" / "config.json").read_text())["data"]["unknown_tokens"] == len(once)
+    # grown onto a checkpoint without it: same options otherwise, the vector starts at zero
+    sum_head = EncoderConfig(**{**ENC.to_dict(), "head": "sum"})
+    train_encoder(texts_file / "train.jsonl", TrainConfig(run_dir=str(tmp_path / "a"), steps=2, **kw), sum_head,
+                  llm=tiny_llm, show_progress=False)
+    grown = train_encoder(texts_file / "train.jsonl", TrainConfig(run_dir=str(tmp_path / "b"), steps=2,
+                          init_from=str(tmp_path / "a" / "last"), **kw), EncoderConfig(unk_below=2, unk_mode="mark"),
+                          llm=tiny_llm, show_progress=False)["encoder"]
+    assert grown.cfg == sum_head.replace(unk_below=2, unk_mode="mark") and not grown.head.known.all()
+    enc = grown  # 'mark': a rare token is read as itself plus the unknown vector, so which one it is still counts
+    assert grown.head.unk.detach().abs().sum() > 0
+    assert not torch.equal(e([frequent, once[0], frequent]), e([frequent, unseen[0], frequent]))
+    with pytest.raises(NarError, match="unk_below"):
+        EncoderConfig(head="attention", unk_below=2)
+
+
 def test_state_matching_pulls_the_pass_towards_the_llms_own_reading(tiny_llm, texts_file, tmp_path):
     """reading_states: row i is the frozen LLM's state after reading [prefix, t_1 .. t_i], as an unbatched,
     unpadded pass gives it; state_mismatch is 0 for states equal to the reading, ignores row 0 and padding, and
