@@ -227,7 +227,7 @@ def train_encoder(data: str | Path, cfg: TrainConfig, enc_cfg: EncoderConfig, *,
         enc.load_state_tensors({**enc.state_tensors(), **base.state_tensors()})
     if enc_cfg.unk_below:  # this run's sources decide which tokens are known (a resumed run: the same ones)
         meta["data"]["unknown_tokens"] = enc.mark_known(train.sources)  # distinct training tokens read as unknown
-    elif enc_cfg.init_spread > 0 and not cfg.resume:
+    if base is None and enc_cfg.init_spread > 0 and not cfg.resume:
         sample = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))[:64].tolist()
         enc.spread_outputs(train.take(sample).sources, *means, enc_cfg.init_spread * float(emb.norm(dim=-1).mean()))
     params = enc.trainable_parameters()
