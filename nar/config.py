@@ -16,6 +16,9 @@ from nar.errors import NarError
 PRECISIONS = ("auto", "bf16", "fp32")
 """Autocast of the frozen LLM's passes; 'auto' is resolved by `nar.llm.FrozenLLM.precision`."""
 
+UNK_MODES = ("replace", "mark")
+"""How the sum head reads a rare source token (`EncoderConfig.unk_mode`)."""
+
 ROWS = ("causal", "independent")
 """How the output rows of the one pass attend (`nar.llm.Layout.rows`, `TrainConfig.rows`)."""
 
@@ -377,7 +380,7 @@ class EncoderConfig(StageConfig):
                "token_table must be >= 0, and > 0 needs head 'sum'")
         _check(self.unk_below >= 0 and (self.unk_below == 0 or self.head == "sum"),
                "unk_below must be >= 0, and > 0 needs head 'sum'")
-        _check(self.unk_mode in ("replace", "mark"), "unk_mode must be 'replace' or 'mark'")
+        _check(self.unk_mode in UNK_MODES, f"unk_mode must be one of {UNK_MODES}")
         _check(0 <= self.dropout < 1, "dropout must be in [0, 1)")
         _check(self.out_norm >= 0 and self.init_spread >= 0, "out_norm and init_spread must be >= 0")
         _check(self.n_e >= 1 and self.lora_rank >= 0, "n_e must be >= 1 and lora_rank >= 0")

@@ -169,6 +169,10 @@ def with_novel_tokens(batch: Pairs, rate: float, pool: list[int], llm: FrozenLLM
     return out
 
 
+GROWABLE = (("token_table",), ("unk_below", "unk_mode"))
+"""Encoder options `--init-from` may switch on over a checkpoint without them (`init_from`)."""
+
+
 def init_from(cfg: TrainConfig, enc_cfg: EncoderConfig, llm: FrozenLLM, layout: Layout
               ) -> tuple[EncoderConfig, Encoder | None]:
     """The encoder options of a run and, with --init-from, the checkpoint to start from (checked against this
@@ -177,12 +181,11 @@ def init_from(cfg: TrainConfig, enc_cfg: EncoderConfig, llm: FrozenLLM, layout: 
         return enc_cfg, None
     base = Encoder.from_pretrained(cfg.init_from, llm=llm)
     theirs, default = base.cfg.to_dict(), EncoderConfig().to_dict()
-    # a per-token table may be added to a checkpoint without one: its rows start at zero, so the encoder starts
-    # as the checkpoint's
-    grow = {"token_table": enc_cfg.token_table} if theirs["token_table"] == 0 and enc_cfg.token_table else {}
-    # so may the unknown-token vector (zero-started; the rare tokens' inputs change from the first step)
-    if theirs["unk_below"] == 0 and enc_cfg.unk_below:
-        grow.update(unk_below=enc_cfg.unk_below, unk_mode=enc_cfg.unk_mode)
+    # parts that start at zero may be added to a checkpoint without them (GROWABLE: each group's first option
+    # switches it on): a per-token table (the encoder starts as the checkpoint's), the unknown-token vector (the
+    # rare tokens' inputs change from the first step)
+    mine = enc_cfg.to_dict()
+    grow = {k: mine[k] for group in GROWABLE if mine[group[0]] and not theirs[group[0]] for k in group}
     clash = sorted(k for k, v in enc_cfg.to_dict().items() if v != default[k] and v != theirs[k] and k not in grow)
     if clash:
         raise NarError(f"--init-from {cfg.init_from} fixes the encoder options; these differ from it: "
