@@ -16,7 +16,7 @@ from nar.errors import NarError
 PRECISIONS = ("auto", "bf16", "fp32")
 """Autocast of the frozen LLM's passes; 'auto' is resolved by `nar.llm.FrozenLLM.precision`."""
 
-UNK_MODES = ("replace", "mark")
+UNK_MODES = ("replace", "mark", "shape")
 """How the sum head reads a rare source token (`EncoderConfig.unk_mode`)."""
 
 ROWS = ("causal", "independent")
@@ -312,8 +312,10 @@ class EncoderConfig(StageConfig):
     disturbing the code of the words around it (docs/ENCODER.md, fifteenth session). The tokens counted as known
     are kept in the checkpoint (this run's training sources decide them). 0: off."""
     unk_mode: str = "replace"
-    """With unk_below: 'replace' (a rare token is read as the unknown vector alone) or 'mark' (its own input plus
-    the unknown vector: the head is told the token is rare and still sees which one it is)."""
+    """With unk_below: 'replace' (a rare token is read as the unknown vector alone), 'mark' (its own input plus
+    the unknown vector: the head is told the token is rare and still sees which one it is) or 'shape' (one
+    unknown vector per word shape, `nar.encoder.token_shapes`: leading space or not, lower-case, capitalised,
+    digits or other, short or long, so the frozen LLM gets a hint of what stands in the slot)."""
     pos_codes: bool = False
     """Add learned, text-independent position codes to the m copies."""
     out_norm: float = 0.0

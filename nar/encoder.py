@@ -127,6 +127,24 @@ class AttentionHead(ProtoHead):
         return self.norm(self.decoder(q, mem, memory_key_padding_mask=~mask))
 
 
+SHAPES = 16
+"""Word shapes of `token_shapes`: (leading space or not) x (lower-case, capitalised, digits, other) x (short, long)."""
+
+
+def token_shapes(tokenizer) -> torch.Tensor:
+    """The word shape (0 .. SHAPES - 1) of every token of `tokenizer`'s vocabulary, from its decoded text: whether it
+    starts a word (leading space), its kind (all lower-case letters, a capital first, any digit, anything else) and
+    whether it is longer than 3 characters. (uint8, length len(tokenizer).)"""
+    shapes = torch.zeros(len(tokenizer), dtype=torch.uint8)
+    for i, piece in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
+        text = tokenizer.convert_tokens_to_string([piece]) if piece is not None else ""
+        word = text.strip()
+        kind = (0 if word.isalpha() and word.islower() else 1 if word[:1].isupper()
+                else 2 if any(c.isdigit() for c in word) else 3)
+        shapes[i] = (text[:1].isspace() * 4 + kind) * 2 + (len(word) > 3)
+    return shapes
+
+
 class SumHead(ProtoHead):
     """head 'sum': a compositional encoder. Each source token, with its position, is mapped on its own to k + 2
     vectors, and the text's vectors are their plain sum:
@@ -143,7 +161,9 @@ class SumHead(ProtoHead):
     With `token_table` = r > 0, W x_i becomes W x_i + U T[t_i]: T a (vocab, r) table of zero-started rows, one per
     token id (a lookup that learns a token in a few draws), U a (d, r) projection.
     With `unk_below` > 0, W x_i becomes a learned vector u (zero-started), or W x_i + u with unk_mode 'mark', for
-    every token not marked known (the `known` buffer, set from the training sources by `Encoder.mark_known`).
+    every token not marked known (the `known` buffer, set from the training sources by `Encoder.mark_known`);
+    with unk_mode 'shape', u is one of SHAPES learned vectors, chosen by the token's word shape (the `shape`
+    buffer, `token_shapes`).
     """
 
     def __init__(self, in_dim: int, llm_dim: int, cfg: EncoderConfig, vocab: int = 0):
@@ -153,9 +173,12 @@ class SumHead(ProtoHead):
             raise NarError("a per-token table or an unknown-token vector needs the reader's vocabulary size")
         self.tok_table = nn.Parameter(torch.zeros(vocab, cfg.token_table)) if cfg.token_table else None
         self.tok_proj = nn.Linear(cfg.token_table, d, bias=False) if cfg.token_table else None
-        self.unk, self.unk_mode = (nn.Parameter(torch.zeros(d)) if cfg.unk_below else None), cfg.unk_mode
+        self.unk_mode, shaped = cfg.unk_mode, cfg.unk_mode == "shape"
+        self.unk = nn.Parameter(torch.zeros((SHAPES, d) if shaped else d)) if cfg.unk_below else None
         if cfg.unk_below:  # every token known until mark_known says otherwise: the head starts as without it
             self.register_buffer("known", torch.ones(vocab, dtype=torch.bool))
+        if cfg.unk_below and shaped:  # filled by mark_known from the reader's tokenizer, kept in the checkpoint
+            self.register_buffer("shape", torch.zeros(vocab, dtype=torch.uint8))
         self.src_pos = nn.Parameter(torch.randn(cfg.max_source_tokens, d) * 0.02)
         # zero-started: a bound head begins as the unbound one
         self.src_gate = nn.Parameter(torch.zeros(cfg.max_source_tokens, d)) if cfg.bind else None
@@ -170,8 +193,8 @@ class SumHead(ProtoHead):
     def pool(self, states: torch.Tensor, mask: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
         x = self.inp(states)
         if self.unk is not None:
-            u = self.unk.to(x.dtype)
-            x = torch.where(self.known[ids][..., None], x, u if self.unk_mode == "replace" else x + u)
+            u = (self.unk[self.shape[ids].long()] if self.unk_mode == "shape" else self.unk).to(x.dtype)
+            x = torch.where(self.known[ids][..., None], x, x + u if self.unk_mode == "mark" else u)
         if self.tok_table is not None:
             x = x + self.tok_proj(self.tok_table[ids].to(x.dtype))
         if self.src_gate is not None:
@@ -370,6 +393,8 @@ class Encoder(nn.Module):
         known = counts >= self.cfg.unk_below
         known[[i for i in tok.all_special_ids if i < len(tok)]] = True
         self.head.known.copy_(known.to(self.head.known.device))
+        if self.cfg.unk_mode == "shape":
+            self.head.shape.copy_(token_shapes(tok).to(self.head.shape.device))
         return int(((counts > 0) & ~known).sum())
 
     @torch.no_grad()

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from nar.build import build_corpus
 from nar.config import BuildConfig, EncoderConfig, FitConfig, TrainConfig
-from nar.encoder import Encoder
+from nar.encoder import SHAPES, Encoder, token_shapes
 from nar.errors import NarError
 from nar.evaluate import eval_encoder, score
 from nar.generate import generate
@@ -709,7 +709,8 @@ def test_unk_below_reads_rare_source_tokens_as_one_learned_vector(tiny_llm, text
     """unk_below K: tokens seen fewer than K times in the training sources are read as the head's one unknown
     vector: two sources that differ only in such tokens get the same proto-tokens, sources that differ in a known
     token do not; the known set is this run's and survives a reload; an old checkpoint may grow the vector, and
-    with unk_mode 'mark' a rare token keeps its own input besides it."""
+    with unk_mode 'mark' a rare token keeps its own input besides it, with 'shape' it is read as its word shape's
+    vector."""
     tok = tiny_llm.tokenizer
     lines = [json.loads(x)["text"] for x in (texts_file / "train.jsonl").read_text().splitlines()]
     counts: dict[int, int] = {}
@@ -751,6 +752,20 @@ def test_unk_below_reads_rare_source_tokens_as_one_learned_vector(tiny_llm, text
     enc = grown  # 'mark': a rare token is read as itself plus the unknown vector, so which one it is still counts
     assert grown.head.unk.detach().abs().sum() > 0
     assert not torch.equal(e([frequent, once[0], frequent]), e([frequent, unseen[0], frequent]))
+    # 'shape': one unknown vector per word shape, the shapes kept in the checkpoint
+    shaped = train_encoder(texts_file / "train.jsonl", TrainConfig(run_dir=str(tmp_path / "c"), steps=2,
+                           init_from=str(tmp_path / "a" / "last"), **kw), EncoderConfig(unk_below=2, unk_mode="shape"),
+                           llm=tiny_llm, show_progress=False)["encoder"]
+    shapes = token_shapes(tok).long()
+    assert torch.equal(shaped.head.shape.cpu().long(), shapes) and shaped.head.unk.shape[0] == SHAPES
+    assert torch.equal(Encoder.from_pretrained(tmp_path / "c" / "last", llm=tiny_llm).head.shape.cpu().long(), shapes)
+    enc, rows = shaped, shaped.head.unk.detach()
+    a = once[0]
+    same = [i for i in unseen if shapes[i] == shapes[a]]
+    other = [i for i in unseen if not torch.equal(rows[shapes[i]], rows[shapes[a]])]
+    assert same and other and rows[shapes[a]].abs().sum() > 0
+    assert torch.equal(e([frequent, a, frequent]), e([frequent, same[0], frequent]))
+    assert not torch.equal(e([frequent, a, frequent]), e([frequent, other[0], frequent]))
     with pytest.raises(NarError, match="unk_below"):
         EncoderConfig(head="attention", unk_below=2)
 
