@@ -59,7 +59,8 @@ def fit_line(rows: list[dict], epochs: float) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint", nargs="?", default="checkpoints/stsb-autoencoder")
-    ap.add_argument("--epochs", type=float, default=None, help="passes over the training set (default: from the checkpoint)")
+    ap.add_argument("--epochs", type=float, default=None,
+                    help="passes over the training set (default: from the checkpoint)")
     ap.add_argument("--out", default="docs/draws_curve", help="writes OUT.json and OUT.png")
     args = ap.parse_args()
     llm = load_llm()
@@ -82,14 +83,17 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4))
     seen = [r for r in rows if r["median_count"]]
     xs = [r["median_count"] * epochs for r in seen]
-    ax.scatter(xs, [r["token_acc"] for r in seen], s=[8 + r["tokens"] / 20 for r in seen], label="held-out bins (area ~ tokens)")
+    ax.scatter(xs, [r["token_acc"] for r in seen], s=[8 + r["tokens"] / 20 for r in seen],
+               label="held-out bins (area ~ tokens)")
     hi = max(xs + [10 ** ((0.9 - a) / b)] if b > 0 else xs)
     line_x = [min(xs), hi]
-    ax.plot(line_x, [a + b * math.log10(x) for x in line_x], "--", label=f"fit: +{b:.2f} per tenfold (dashed past the data: extrapolated)")
+    ax.plot(line_x, [a + b * math.log10(x) for x in line_x], "--",
+            label=f"fit: +{b:.2f} per tenfold (past the data: extrapolated)")
     ax.axhline(0.6, color="gray", lw=0.8, label="issue 12 bar (0.6)")
     unseen = next((r for r in rows if not r["median_count"]), None)
     if unseen:
-        ax.annotate(f"never seen: {unseen['token_acc']:.3f} ({unseen['tokens']} tokens)", (0.02, 0.95), xycoords="axes fraction", fontsize=8)
+        ax.annotate(f"never seen: {unseen['token_acc']:.3f} ({unseen['tokens']} tokens)", (0.02, 0.95),
+                    xycoords="axes fraction", fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel(f"training draws of the target token (occurrences x {epochs:.1f} epochs)")
     ax.set_title(f"{Path(args.checkpoint).name}: {len(held)} held-out sentences", fontsize=9)
