@@ -383,6 +383,8 @@ class EncoderConfig(StageConfig):
         _check(self.unk_below >= 0 and (self.unk_below == 0 or self.head == "sum"),
                "unk_below must be >= 0, and > 0 needs head 'sum'")
         _check(self.unk_mode in UNK_MODES, f"unk_mode must be one of {UNK_MODES}")
+        _check(self.unk_mode == "replace" or self.unk_below > 0,
+               f"unk_mode {self.unk_mode!r} needs unk_below > 0 (the tokens it applies to)")
         _check(0 <= self.dropout < 1, "dropout must be in [0, 1)")
         _check(self.out_norm >= 0 and self.init_spread >= 0, "out_norm and init_spread must be >= 0")
         _check(self.n_e >= 1 and self.lora_rank >= 0, "n_e must be >= 1 and lora_rank >= 0")

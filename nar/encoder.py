@@ -132,16 +132,27 @@ SHAPES = 16
 
 
 def token_shapes(tokenizer) -> torch.Tensor:
-    """The word shape (0 .. SHAPES - 1) of every token of `tokenizer`'s vocabulary, from its decoded text: whether it
-    starts a word (leading space), its kind (all lower-case letters, a capital first, any digit, anything else) and
-    whether it is longer than 3 characters. (uint8, length len(tokenizer).)"""
+    """The word shape (0 .. SHAPES - 1) of every token of `tokenizer`'s vocabulary: whether it starts a word, its
+    kind (all lower-case letters, a capital first, any digit, anything else) and whether it is longer than 3
+    characters. (uint8, length len(tokenizer).)
+
+    A word start is read from the piece itself where the tokenizer marks it: byte-level BPE's 'Ġ' and
+    SentencePiece's '▁' prefix, WordPiece's (and word-level vocabularies') pieces without the '##' continuation
+    prefix; otherwise from a leading space in the decoded text."""
+    model = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
+    wordpiece = type(model).__name__ in ("WordPiece", "WordLevel")
     shapes = torch.zeros(len(tokenizer), dtype=torch.uint8)
     for i, piece in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
-        text = tokenizer.convert_tokens_to_string([piece]) if piece is not None else ""
+        piece = piece or ""
+        if wordpiece:
+            start, text = not piece.startswith("##"), piece.removeprefix("##")
+        else:
+            text = tokenizer.convert_tokens_to_string([piece]) if piece else ""
+            start = piece.startswith(("\u0120", "\u2581")) or text[:1].isspace()
         word = text.strip()
         kind = (0 if word.isalpha() and word.islower() else 1 if word[:1].isupper()
                 else 2 if any(c.isdigit() for c in word) else 3)
-        shapes[i] = (text[:1].isspace() * 4 + kind) * 2 + (len(word) > 3)
+        shapes[i] = (start * 4 + kind) * 2 + (len(word) > 3)
     return shapes
 
 

@@ -40,7 +40,9 @@ def main() -> None:
     with llm.autocast("auto"):
         e, m, n = enc.predict(held.sources)
     true = [len(t) for t in targets]
-    at = {name: decode_ids(llm, e, enc.m_inputs(m), lengths, enc.layout, precision="auto")
+    stop = bool(enc.meta.get("stop_at_eos"))  # decoded as nar.generate.encoder_outputs decodes
+    at = {name: decode_ids(llm, e, enc.m_inputs(m), lengths, enc.layout, precision="auto", stop_at_eos=stop,
+                           pos=enc.pos_codes)
           for name, lengths in (("predicted_length", n), ("true_length", true))}
     right = [i for i, (a, b) in enumerate(zip(n, true)) if int(a) == b]
     out = {"checkpoint": args.checkpoint, "texts": len(targets),

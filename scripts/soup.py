@@ -5,19 +5,25 @@ often sit in one basin, where the average of their weights can score above each 
 
     python scripts/soup.py OUT CHECKPOINT CHECKPOINT [CHECKPOINT ...]
 
-Every checkpoint must hold the same tensors with the same shapes (the same encoder layout); non-float tensors
-(token-shape tables, masks) must be equal and are copied. OUT gets the first checkpoint's config.json and the
-averaged model.safetensors, so `nar eval-encoder OUT` and scripts/generalisation_probe.py read it as any checkpoint.
+Every checkpoint must have the same encoder options, LLM, reader and layout (config.json) and hold the same tensors
+with the same shapes; non-float tensors (known-token masks, word shapes) must be equal and are copied. OUT gets the
+averaged model.safetensors and the first checkpoint's config.json with `soup_of` (the paths) in place of its
+training state, so `nar eval-encoder OUT` and scripts/generalisation_probe.py read it as any checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
+import json
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from nar.artifacts import atomic_dir
+
+SAME = ("encoder_config", "llm", "reader", "layout", "stop_at_eos")
+"""config.json entries that must agree between the checkpoints of a soup."""
 
 
 def soup(tensors: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -46,10 +52,20 @@ def main() -> None:
     args = ap.parse_args()
     if len(args.checkpoints) < 2:
         raise SystemExit("a soup needs at least two checkpoints")
+    configs = [json.loads((c / "config.json").read_text()) for c in args.checkpoints]
+    for c, cfg in zip(args.checkpoints[1:], configs[1:]):
+        differ = [k for k in SAME if cfg.get(k) != configs[0].get(k)]
+        if differ:
+            raise SystemExit(f"{c} differs from {args.checkpoints[0]} in {', '.join(differ)}: not one model to average")
     tensors = [load_file(str(c / "model.safetensors")) for c in args.checkpoints]
-    args.out.mkdir(parents=True, exist_ok=True)
-    save_file(soup(tensors), str(args.out / "model.safetensors"))
-    shutil.copy(args.checkpoints[0] / "config.json", args.out / "config.json")
+    config = {k: v for k, v in configs[0].items() if k != "train_state"}
+    config["soup_of"] = [str(c) for c in args.checkpoints]
+
+    def write(tmp: Path) -> None:
+        save_file(soup(tensors), str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+
+    atomic_dir(args.out, write)
     print(f"{args.out}: mean of {len(tensors)} checkpoints")
 
 

@@ -752,10 +752,16 @@ def test_unk_below_reads_rare_source_tokens_as_one_learned_vector(tiny_llm, text
     enc = grown  # 'mark': a rare token is read as itself plus the unknown vector, so which one it is still counts
     assert grown.head.unk.detach().abs().sum() > 0
     assert not torch.equal(e([frequent, once[0], frequent]), e([frequent, unseen[0], frequent]))
+    marked = e([frequent, once[0], frequent])
+    saved = grown.head.known.clone()
+    grown.head.known.fill_(True)  # the same weights reading every token as known: the unknown vector no longer added
+    assert not torch.equal(e([frequent, once[0], frequent]), marked)
+    grown.head.known.copy_(saved)
     # 'shape': one unknown vector per word shape, the shapes kept in the checkpoint
     shaped = train_encoder(texts_file / "train.jsonl", TrainConfig(run_dir=str(tmp_path / "c"), steps=2,
                            init_from=str(tmp_path / "a" / "last"), **kw), EncoderConfig(unk_below=2, unk_mode="shape"),
                            llm=tiny_llm, show_progress=False)["encoder"]
+    assert shaped.cfg == sum_head.replace(unk_below=2, unk_mode="shape")
     shapes = token_shapes(tok).long()
     assert torch.equal(shaped.head.shape.cpu().long(), shapes) and shaped.head.unk.shape[0] == SHAPES
     assert torch.equal(Encoder.from_pretrained(tmp_path / "c" / "last", llm=tiny_llm).head.shape.cpu().long(), shapes)
@@ -766,6 +772,33 @@ def test_unk_below_reads_rare_source_tokens_as_one_learned_vector(tiny_llm, text
     assert same and other and rows[shapes[a]].abs().sum() > 0
     assert torch.equal(e([frequent, a, frequent]), e([frequent, same[0], frequent]))
     assert not torch.equal(e([frequent, a, frequent]), e([frequent, other[0], frequent]))
+
+
+def test_token_shapes_reads_word_starts_and_kinds_from_each_tokenizer_family():
+    """token_shapes: (word start x kind x longer than 3 characters), with the word start read from byte-level BPE's
+    'Ġ', SentencePiece's '▁' (whose decoder strips the space of a lone piece) and WordPiece's missing '##'."""
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    def fast(model, decoder):
+        t = Tokenizer(model)
+        t.decoder = decoder
+        return PreTrainedTokenizerFast(tokenizer_object=t)
+
+    def shape(start, kind, long):  # kind: 0 lower-case, 1 capital first, 2 digits, 3 other
+        return (start * 4 + kind) * 2 + long
+
+    bpe = fast(models.BPE({"\u0120the": 0, "The": 1, "\u012042": 2, "\u0120beautiful": 3, "ing": 4, "!": 5}, []),
+               decoders.ByteLevel())
+    assert token_shapes(bpe).tolist() == [shape(1, 0, 0), shape(0, 1, 0), shape(1, 2, 0), shape(1, 0, 1),
+                                          shape(0, 0, 0), shape(0, 3, 0)]
+    sentencepiece = fast(models.BPE({"\u2581The": 0, "re": 1, "\u2581Paris": 2}, []), decoders.Metaspace())
+    assert token_shapes(sentencepiece).tolist() == [shape(1, 1, 0), shape(0, 0, 0), shape(1, 1, 1)]
+    wordpiece = fast(models.WordPiece({"[UNK]": 0, "the": 1, "##ing": 2, "Paris": 3, "2024": 4}, unk_token="[UNK]"),
+                     decoders.WordPiece())
+    assert token_shapes(wordpiece).tolist() == [shape(1, 3, 1), shape(1, 0, 0), shape(0, 0, 0), shape(1, 1, 1),
+                                                shape(1, 2, 1)]
+    assert max(token_shapes(bpe).tolist()) < SHAPES
     with pytest.raises(NarError, match="unk_below"):
         EncoderConfig(head="attention", unk_below=2)
 
