@@ -79,9 +79,9 @@ def main() -> None:
     freq = Counter(tok for t in train.token_ids for tok in t)
     pred = encoder_outputs(enc, llm, held.sources, enc.layout, "auto", bool(enc.meta.get("stop_at_eos")))
     rows = curve(pred, held.token_ids, freq)
-    a, b = fit_line(rows, epochs, enc.cfg.unk_below)
+    first = max(enc.cfg.unk_below, 1)  # bins from here up are fitted and drawn as fitted
+    a, b = fit_line(rows, epochs, first)
     need = {str(acc): round(10 ** ((acc - a) / b)) for acc in (0.6, 0.9)} if b > 0 else {}
-    first = max(enc.cfg.unk_below, 1)
     res = {"checkpoint": args.checkpoint, "held_out_texts": len(held), "train_texts": len(train), "epochs": epochs,
            "bins": rows, "fit": {"bins_from_count": first, "intercept": round(a, 4), "per_tenfold_draws": round(b, 4),
                                  "draws_needed_extrapolated": need}}
