@@ -196,6 +196,7 @@ def test_capacity_and_connectivity(tiny_llm, tmp_path, monkeypatch):
         return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
     assert 0 < cut["resumed_rows"] < 12 and same(cut["rows"]) == same(res["rows"])
+    assert not list((tmp_path / "cap2").glob("capacity-inflight-*.pt"))  # finished: no stale state left behind
     # killed just after a snapshot, so the three runs together made exactly the passes of the one run, no more
     assert [len(p) - w for p, w in zip(passes, whole)] == whole
     con, two = ConnectivityConfig(curve_steps=30, grid=5), ["the cat sat on the mat", "a dog ran in the park"]

@@ -171,10 +171,12 @@ def run_capacity(out_dir: str | Path, cfg: CapacityConfig = CapacityConfig(), *,
         capacity(llm, texts, ns, fit, threshold, on_result=record,
                  skip={(r["text"], r["n"]) for r in done if r["mode"] == "per-text"},
                  resume=log.load_state("per-text"), on_snapshot=keep("per-text"), snapshot_every=snapshot_every)
+        log.clear_state("per-text")
     if "shared" in modes:
         capacity_shared(llm, texts, ns, fit, threshold, on_result=record,
                         skip={r["n"] for r in done if r["mode"] == "shared"},
                         resume=log.load_state("shared"), on_snapshot=keep("shared"), snapshot_every=snapshot_every)
+        log.clear_state("shared")
     rows = sorted(log.rows(), key=lambda x: (x["mode"], x["text"], x["n"]))
     plot_capacity(rows, out / "capacity.png", threshold)
     per_mode = {mode: largest_n([r for r in rows if r["mode"] == mode]) for mode in modes}

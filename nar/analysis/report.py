@@ -69,6 +69,10 @@ class RowLog:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         return blob["state"] if blob.get("settings") == self.key else None
 
+    def clear_state(self, tag: str) -> None:
+        """Drop the in-flight state once every fit it could resume is a finished row."""
+        self.state_path(tag).unlink(missing_ok=True)
+
 
 def figure():
     """A fresh matplotlib figure on the non-interactive backend."""
