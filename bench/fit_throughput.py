@@ -2,8 +2,9 @@
 
 (a) reference: Paper A's recipe as written, one text at a time: layout [e, m x (N-1)], fp32, AdamW lr 1e-2,
     betas (0.9, 0.9), wd 0.01, init randn x embedding std, stop at the target accuracy or the step cap.
-(b) nar: the engine's defaults (fixed BOS prefix, bf16 autocast, continuous batching in 8 slots, texts fed
-    input order, ...). Further variants isolate single ideas (see VARIANTS) so each can be measured alone.
+(b) nar: the engine's defaults (fixed BOS prefix, precision 'auto': bf16 autocast where bf16 is native, else
+    fp32; continuous batching in 8 slots, texts fed in input order, ...). Further variants isolate single ideas
+    (see VARIANTS) so each can be measured alone; every variant without a precision of its own runs at 'auto'.
 
 (c) ref-bos: the reference with the same fixed BOS prefix as nar (Paper A's optimiser, one text at a time,
     fp32), so that a ratio against it measures the engine (batching, bf16, schedule, init), not the prefix.
@@ -12,11 +13,12 @@ For every (length group, variant): texts, converged, converged texts per hour of
 median seconds per converged text, mean final accuracy, seconds per optimiser step. A text counts as
 converged only if its argmax reproduces every token with the fit's own precision AND its returned vectors
 also decode exactly when the LLM runs in fp32 (no autocast): a bf16 fit that holds only under bf16 is not a
-reconstruction a user can rely on. `conv_own` counts the first criterion alone.
+reconstruction a user can rely on. `conv_own` counts the first criterion alone. Each variant's precision is
+printed before it runs (`precision: ...`) and kept in its row.
 
-    python bench/fit_throughput.py --quick            # 8 texts of ~16 tokens, ref-bos vs nar, 300-step cap
-    python bench/fit_throughput.py                    # 16 texts of ~16 and of ~32 tokens, ref, ref-bos, nar
-    python bench/fit_throughput.py --groups 16 --variants nar,lr3e-2,init-tokens   # single ideas
+    python -m bench.fit_throughput --quick            # 8 texts of ~16 tokens, ref-bos vs nar, 300-step cap
+    python -m bench.fit_throughput                    # 16 texts of ~16 and of ~32 tokens, ref, ref-bos, nar
+    python -m bench.fit_throughput --groups 16 --variants nar,lr3e-2,init-tokens   # single ideas
 
 The last lines are `ratio vs ref: X` and `ratio vs ref-bos: Y` (for those run) and `ratio: Z`: nar's converged
 texts per hour over the strongest reference run (ref-bos when run, else ref), summed over the groups run (a
@@ -30,20 +32,17 @@ import argparse
 import json
 import random
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from nar.config import FitConfig  # noqa: E402
-from nar.data import bundled_texts  # noqa: E402
-from nar.decode import decode_ids  # noqa: E402
-from nar.fit import fit_texts, make_layout  # noqa: E402
-from nar.llm import load_llm  # noqa: E402
+from bench import pick_precision, say_precision
+from nar.config import FitConfig
+from nar.data import bundled_texts
+from nar.decode import decode_ids
+from nar.fit import fit_texts, make_layout
+from nar.llm import load_llm
 
 PAPER = dict(lr=1e-2, lr_schedule="constant", warmup_steps=0, init="embed_std")  # Paper A's optimiser and init
 REFERENCE = dict(PAPER, prefix="none", precision="fp32", num_slots=1, sort_by_length=False)
@@ -84,6 +83,8 @@ def pick_texts(llm, group: str, k: int) -> list[str]:
 def run(llm, texts: list[str], key: str, max_steps: int) -> dict:
     desc, kw = VARIANTS[key]
     cfg = FitConfig(max_steps=max_steps, **kw)
+    precision, why = pick_precision(cfg.precision, llm.device)
+    say_precision(f"fitting, {desc}", precision, why)
     n_steps = [0]
     t0 = time.perf_counter()
     rs = fit_texts(llm, texts, cfg, on_step=lambda s: n_steps.__setitem__(0, n_steps[0] + 1))
@@ -96,7 +97,7 @@ def run(llm, texts: list[str], key: str, max_steps: int) -> dict:
     return {
         "variant": key, "description": desc, "texts": len(rs),
         "n_tokens_median": statistics.median(r.n_tokens for r in rs), "converged": len(conv),
-        "conv_own": sum(r.converged for r in rs), "precision": cfg.precision,
+        "conv_own": sum(r.converged for r in rs), "precision": precision,
         "converged_per_hour": round(3600 * len(conv) / wall, 1),
         "median_steps": statistics.median(r.steps for r in conv) if conv else None,
         "median_seconds": round(statistics.median(r.seconds for r in conv), 1) if conv else None,
@@ -120,6 +121,7 @@ def main() -> None:
         args.groups, args.variants, args.texts, args.max_steps = "16", "ref-bos,nar", 8, 300
     torch.set_num_threads(args.threads)
     llm = load_llm(device="cpu")
+    say_precision("fp32 check of every variant's vectors", "fp32", "on purpose: the reference")
     rows = []
     for group in args.groups.split(","):
         texts = pick_texts(llm, group, args.texts)

@@ -1,30 +1,34 @@
 """One-pass decoding vs the fastest autoregressive (AR) CPU runtimes found here, same model, same run.
 
 AR baselines (greedy, from the one-token prompt [bos], forced to exactly N new tokens, EOS ignored):
-  transformers   `model.generate` eager, fp32 weights dequantised from the GGUF (the old baseline)
+  transformers   `model.generate` eager, fp32 weights dequantised from the GGUF (the old baseline, and the
+                 reference output of the AR agreement column)
+  transformers bf16  the same under nar's bf16 autocast, where 'auto' picks bf16 (native bf16 only)
   llama.cpp      the embedded GGUF itself (Q4_1, Q8_0 head) through llama-cpp-python, KV cache, one sequence
                  id per batch row, argmax of the logits after each step
   ctranslate2    int8 weights converted from the same fp32 folder (once, cached), `generate_batch` top-1
   onnxruntime-genai  int4 (MatMulNBits) built by its own model builder from the same fp32 folder (once, cached)
   (openvino-genai is listed as not found when absent: it needs an optimum-intel export, not done here)
 One-pass paths (nar's `--backend`s plus variants), over [bos, e, m x (N-1)], argmax at the last N positions:
-  torch fp32, torch bf16 (autocast over bf16 copies of the Linear weights, nar's default decoding precision),
+  torch fp32, torch bf16 (autocast over bf16 copies of the Linear weights, nar's default decoding precision
+  where bf16 is native; skipped elsewhere unless --force-bf16: emulated bf16 only times the emulation),
   llama.cpp (input embeddings in one batch, Q4_1 weights)
 "nar gen" adds the encoder: source sentences -> the default encoder (the frozen LLM reads the source, a
-small head) -> the same one pass
+small head; at the path's precision, 'auto' for llama.cpp) -> the same one pass
 (untrained head: latency does not depend on weight values; N fixed to the cell's N).
 Agreement ("agree"): an AR runtime's tokens vs transformers fp32's (the quantised runtimes drift once a
 near-tie flips); each one-pass path's argmax vs torch fp32's on the timed (random) proto-tokens, and, with
---agreement K (default 8 with --quick), on K texts fitted by nar's engine (bf16 with the fp32 check, the default;
-`--agreement-fit fp32` fits in fp32) and exact in fp32: what matters, since a fitted solution sits near decision
-boundaries. A one-pass path counts for the headline only if it decodes all of them as torch fp32 does.
+--agreement K (default 8 with --quick), on K texts fitted by nar's engine (at precision 'auto', nar's default:
+bf16 with the fp32 check where bf16 is native, else fp32; `--agreement-fit fp32|bf16` asks for one) and exact in
+fp32: what matters, since a fitted solution sits near decision boundaries. A one-pass path counts for the headline
+only if it decodes all of them as torch fp32 does. Every path prints its precision (`precision: ...`).
 Latency is the median of --repeats runs after one warm-up. Timings are only meaningful alone on the
 machine (this project: under `flock -x /tmp/nar-cpu.lock`).
 
-    python bench/generate_speed.py --quick        # N=64, batch 1, 3 repeats
-    python bench/generate_speed.py                # N in {32, 64} x batch in {1, 8}, 5 repeats
-    python bench/generate_speed.py --full         # N in {16, 32, 64, 128} x batch in {1, 8}
-    python bench/generate_speed.py --agreement 8  # also fit 8 texts (nar's engine) and compare the backends on them
+    python -m bench.generate_speed --quick        # N=64, batch 1, 3 repeats
+    python -m bench.generate_speed                # N in {32, 64} x batch in {1, 8}, 5 repeats
+    python -m bench.generate_speed --full         # N in {16, 32, 64, 128} x batch in {1, 8}
+    python -m bench.generate_speed --agreement 8  # also fit 8 texts (nar's engine) and compare the backends on them
 
 `--quick` prints `fastest_ar: NAME`; the last line is `ratio: X` = the fastest AR runtime's ms over the
 fastest agreeing one-pass path's ms at N=64, batch 1 (encoder excluded; the "nar gen" table includes it).
@@ -42,14 +46,12 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from nar.backends import LlamaCppBackend, TorchBackend, gguf_for  # noqa: E402
-from nar.config import EncoderConfig  # noqa: E402
-from nar.decode import decode_ids, generate_greedy  # noqa: E402
-from nar.encoder import Encoder, make_reader  # noqa: E402
-from nar.llm import Layout, cache_dir, load_llm  # noqa: E402
+from bench import FORCE_HELP, pick_precision, say_precision
+from nar.backends import LlamaCppBackend, TorchBackend, gguf_for
+from nar.config import EncoderConfig
+from nar.decode import decode_ids, generate_greedy
+from nar.encoder import Encoder, make_reader
+from nar.llm import Layout, cache_dir, load_llm
 
 SOURCES = ["What is the capital of France?", "Name three primary colours.",
            "Write one sentence about the sea.", "How many legs does a spider have?",
@@ -72,10 +74,21 @@ def median_seconds(fn, repeats: int) -> float:
 
 
 def ar_runtimes(llm, threads: int) -> tuple[dict, dict]:
-    """The AR runtimes that can run here, and for the others why not."""
+    """The AR runtimes that can run here, and for the others why not; each one's precision is printed."""
     bos = llm.resolve_prefix("bos")
     found, missing = {}, {}
     found["transformers"] = lambda b, n: generate_greedy(llm, [list(bos)] * b, n, stop_at_eos=False)
+    say_precision("AR transformers", "fp32", "on purpose: the reference output")
+    auto, why = pick_precision("auto", llm.device)
+    if auto == "bf16":
+
+        def hf_bf16(b, n):
+            with llm.autocast("bf16"):
+                return generate_greedy(llm, [list(bos)] * b, n, stop_at_eos=False)
+        found["transformers bf16"] = hf_bf16
+        say_precision("AR transformers bf16", "bf16", why)
+    else:
+        missing["transformers bf16"] = why
     gguf = gguf_for(llm)
     if importlib.util.find_spec("llama_cpp") is None:
         missing["llama.cpp"] = "llama-cpp-python not installed"
@@ -84,6 +97,7 @@ def ar_runtimes(llm, threads: int) -> tuple[dict, dict]:
     else:
         lcpp = LlamaCppBackend(gguf, threads=threads)
         found["llama.cpp"] = lambda b, n: lcpp.greedy([list(bos)] * b, n)
+        say_precision("AR llama.cpp", "Q4_1", "the GGUF's own quantised weights")
     if importlib.util.find_spec("ctranslate2") is None:
         missing["ctranslate2"] = "ctranslate2 not installed"
     else:
@@ -95,6 +109,7 @@ def ar_runtimes(llm, threads: int) -> tuple[dict, dict]:
                                      include_prompt_in_result=False)
             return [r.sequences_ids[0] for r in res]
         found["ctranslate2"] = ct2
+        say_precision("AR ctranslate2", "int8", "its own quantised weights")
     if importlib.util.find_spec("onnxruntime_genai") is None:
         missing["onnxruntime-genai"] = "onnxruntime-genai not installed"
     else:
@@ -113,6 +128,7 @@ def ar_runtimes(llm, threads: int) -> tuple[dict, dict]:
                 gen.generate_next_token()
             return [[int(x) for x in gen.get_sequence(j)[len(bos):]] for j in range(b)]
         found["onnxruntime-genai"] = ortg
+        say_precision("AR onnxruntime-genai", "int4", "its own quantised weights")
     if importlib.util.find_spec("openvino_genai") is None:
         missing["openvino-genai"] = "openvino-genai not installed"
     return found, missing
@@ -164,17 +180,29 @@ def ortgenai_model(llm, threads: int) -> Path:
 # One-pass paths: name -> a Backend
 
 
-def one_pass_paths(llm, threads: int) -> dict:
-    paths = {"torch fp32": TorchBackend(llm, "fp32"), "torch bf16": TorchBackend(llm, "bf16")}
+def one_pass_paths(llm, threads: int, force_bf16: bool = False) -> dict:
+    """name -> a Backend; torch bf16 only where bf16 is native (or forced). Prints each path's precision."""
+    paths = {"torch fp32": TorchBackend(llm, "fp32")}
+    say_precision("one pass, torch fp32", "fp32", "on purpose: the reference of the agreement columns")
+    bf16, why = pick_precision("bf16", llm.device, force_bf16=force_bf16)
+    say_precision("one pass, torch bf16", bf16, why)
+    if bf16:
+        paths["torch bf16"] = TorchBackend(llm, "bf16")
     gguf = gguf_for(llm)
     if importlib.util.find_spec("llama_cpp") is not None and gguf is not None:
         paths["llama.cpp"] = LlamaCppBackend(gguf, threads=threads)
+        say_precision("one pass, llama.cpp", "Q4_1", "the GGUF's own quantised weights")
     return paths
 
 
-def fitted_agreement(llm, paths: dict, layout: Layout, k: int, precision: str = "bf16") -> dict:
-    """Fit k texts of ~16 tokens with nar's engine (`precision`: 'bf16', the default, fits in bf16 and counts a
-    text only when it also decodes exactly in fp32; 'fp32' fits in fp32), then decode them with every path."""
+def encoder_precision(be) -> str:
+    """The precision the encoder runs at before a one-pass path: the torch path's own, 'auto' before llama.cpp."""
+    return be.precision if isinstance(be, TorchBackend) else "auto"
+
+
+def fitted_agreement(llm, paths: dict, layout: Layout, k: int, precision: str = "fp32") -> dict:
+    """Fit k texts of ~16 tokens with nar's engine at `precision` ('bf16' counts a text only when it also decodes
+    exactly in fp32; 'fp32' fits in fp32), then decode them with every path."""
     from nar.config import FitConfig
     from nar.data import bundled_texts
     from nar.fit import fit_texts
@@ -207,8 +235,10 @@ def main() -> None:
                     help="fit this many texts with nar's engine and compare the paths on them (default: 8 with "
                          "--quick, else 0); a path counts for the headline only if it decodes all of them as "
                          "torch fp32 does")
-    ap.add_argument("--agreement-fit", default="bf16", choices=["bf16", "fp32"],
-                    help="the engine that fits them: nar's default (bf16, fp32-checked) or fp32")
+    ap.add_argument("--agreement-fit", default="auto", choices=["auto", "bf16", "fp32"],
+                    help="the precision that fits them: 'auto' (nar's default: bf16, fp32-checked, where bf16 is "
+                         "native, else fp32), or one asked for (bf16 where it is not native needs --force-bf16)")
+    ap.add_argument("--force-bf16", action="store_true", help=FORCE_HELP)
     ap.add_argument("--skip-ar", default="", help="comma-separated AR runtimes not to time")
     ap.add_argument("--quick", action="store_true", help="N=64, batch 1, 3 repeats")
     ap.add_argument("--full", action="store_true", help="N in {16,32,64,128} x batch in {1,8}")
@@ -228,7 +258,16 @@ def main() -> None:
     for k in filter(None, args.skip_ar.split(",")):
         ars.pop(k, None)
         missing[k] = "skipped (--skip-ar)"
-    paths = one_pass_paths(llm, args.threads)
+    paths = one_pass_paths(llm, args.threads, args.force_bf16)
+    for name, be in paths.items():
+        prec, why = pick_precision(encoder_precision(be), llm.device, force_bf16=args.force_bf16)
+        say_precision(f"nar gen's encoder before {name}", prec, why)
+    fit_precision = None
+    if args.agreement:
+        fit_precision, why = pick_precision(args.agreement_fit, llm.device, force_bf16=args.force_bf16)
+        if fit_precision is None:  # bf16 asked where it is emulated: fit in fp32 rather than for an hour
+            fit_precision, why = "fp32", f"bf16 {why}; fp32 instead"
+        say_precision(f"fitting the {args.agreement} agreement texts", fit_precision, why)
     print(f"model {llm.fingerprint}  threads {torch.get_num_threads()}  repeats {args.repeats}")
     print("AR runtimes found: " + ", ".join(ars) + ("; not: " + "; ".join(f"{k} ({v})" for k, v in missing.items())
                                                    if missing else ""))
@@ -249,7 +288,7 @@ def main() -> None:
                 agree = sum(x == y for p, r in zip(pred, ref) for x, y in zip(p, r)) / (b * n)
 
                 def gen():
-                    with torch.no_grad():
+                    with torch.no_grad(), llm.autocast(encoder_precision(be)):
                         ee, mm, _ = enc(sources)
                     return decode_ids(llm, ee.float(), mm.float(), [n] * b, layout, backend=be)
                 full = median_seconds(gen, args.repeats)
@@ -267,7 +306,7 @@ def main() -> None:
                              "agreement": agree})
                 print(json.dumps(rows[-1]), flush=True)
 
-    agreement = fitted_agreement(llm, paths, layout, args.agreement, args.agreement_fit) if args.agreement else None
+    agreement = fitted_agreement(llm, paths, layout, args.agreement, fit_precision) if args.agreement else None
     if agreement:
         print(json.dumps({"fitted_agreement": agreement}), flush=True)
 
@@ -276,7 +315,7 @@ def main() -> None:
             return agreement[name]["texts_exact"] == agreement["exact_fp32"]
         return all(r["agreement"] == 1.0 for r in rows if r["kind"] == "one-pass" and r["name"] == name)
 
-    print(f"\n{'N':>4} {'batch':>5} {'kind':8} {'runtime':14} {'ms':>9} {'tok/s':>8} {'agree':>6}  "
+    print(f"\n{'N':>4} {'batch':>5} {'kind':8} {'runtime':17} {'ms':>9} {'tok/s':>8} {'agree':>6}  "
           f"{'fastest AR / this':>17}")
     summary = {}
     for b in sorted({r["batch"] for r in rows}):
@@ -287,15 +326,15 @@ def main() -> None:
             summary[(n, b)] = (ar, one)
             for r in cell:
                 agree = f"{r['agreement']:.3f}" if "agreement" in r else ""
-                print(f"{n:>4} {b:>5} {r['kind']:8} {r['name']:14} {r['ms']:>9.1f} {r['tok_s']:>8.0f} {agree:>6}  "
+                print(f"{n:>4} {b:>5} {r['kind']:8} {r['name']:17} {r['ms']:>9.1f} {r['tok_s']:>8.0f} {agree:>6}  "
                       f"{ar['ms'] / r['ms']:>17.2f}")
     print("\nencoder included (nar gen = encoder + one pass), against the fastest AR runtime of each cell:")
-    print(f"{'N':>4} {'batch':>5} {'one-pass path':14} {'nar gen ms':>10} {'fastest AR':>12} {'AR ms':>9} "
+    print(f"{'N':>4} {'batch':>5} {'one-pass path':14} {'nar gen ms':>10} {'fastest AR':>17} {'AR ms':>9} "
           f"{'AR / nar gen':>12}")
     for (n, b), (ar, _) in summary.items():
         for r in rows:
             if r["kind"] == "one-pass" and r["n"] == n and r["batch"] == b:
-                print(f"{n:>4} {b:>5} {r['name']:14} {r['gen_ms']:>10.1f} {ar['name']:>12} {ar['ms']:>9.1f} "
+                print(f"{n:>4} {b:>5} {r['name']:14} {r['gen_ms']:>10.1f} {ar['name']:>17} {ar['ms']:>9.1f} "
                       f"{ar['ms'] / r['gen_ms']:>12.2f}")
     if args.out:
         args.out.write_text(json.dumps({"rows": rows, "fitted_agreement": agreement}, indent=2))

@@ -4,11 +4,12 @@ Synthetic vectors of the LLM's width (576 for SmolLM2-135M), L2-normalised, draw
 Gaussian clusters (real proto-token corpora are clustered by topic; uniform random vectors are the
 worst case for approximate search and say little). Queries are fresh draws from the same mixture.
 Recall@10 of IVF and HNSW is measured against the exact flat index's top 10. Indexes are built with
-nar's own `nar.index.make_faiss_index` (what `nar index build` uses).
+nar's own `nar.index.make_faiss_index` (what `nar index build` uses). No LLM runs here: every path is FAISS
+over fp32 vectors, whatever the hardware (printed as `precision: fp32 (...)`).
 
-    python bench/index_speed.py --quick          # 10k and 100k vectors (< 5 min on 2 cores)
-    python bench/index_speed.py                  # 10k, 100k and 1M (HNSW at 1M takes ~3 min to build on 2 cores)
-    python bench/index_speed.py --sizes 1000000 --nprobe 16,64 --ef-search 64,128,256   # recall vs speed
+    python -m bench.index_speed --quick          # 10k and 100k vectors (< 5 min on 2 cores)
+    python -m bench.index_speed                  # 10k, 100k and 1M (HNSW at 1M takes ~3 min to build on 2 cores)
+    python -m bench.index_speed --sizes 1000000 --nprobe 16,64 --ef-search 64,128,256   # recall vs speed
 
 The last line is `ratio: X`: flat over HNSW query time at the largest size run, at the first efSearch
 (higher = HNSW faster).
@@ -17,15 +18,12 @@ The last line is `ratio: X`: flat over HNSW query time at the largest size run, 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from nar.index import make_faiss_index  # noqa: E402
+from bench import say_precision
+from nar.index import make_faiss_index
 
 
 def mixture(n: int, dim: int, centres: np.ndarray, rng: np.random.Generator, spread: float) -> np.ndarray:
@@ -64,6 +62,8 @@ def main() -> None:
     queries = mixture(args.queries, args.dim, centres, rng, args.spread)
     print(f"dim {args.dim}, {args.clusters} clusters, spread {args.spread}, {args.queries} queries, k=10, "
           f"threads {args.threads}; IVF nprobe {nprobes}; HNSW M {args.hnsw_m} efSearch {efs}")
+    for kind in ("flat", "ivf", "hnsw"):
+        say_precision(f"FAISS {kind}", "fp32", "FAISS indexes fp32 vectors; no LLM pass, nothing to choose")
     print(f"{'n':>8} {'kind':5} {'setting':>12} {'build s':>8} {'query ms/q':>10} {'memory MB':>9} {'recall@10':>9}")
     last = {}
     for n in [int(s) for s in args.sizes.split(",")]:

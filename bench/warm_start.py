@@ -7,11 +7,12 @@ code path:
   encoder    e and m start at an encoder's prediction for the text (`--warm-start encoder`); the encoder is
              `--encoder PATH`, or one trained here on the base corpus (`--encoder-steps`; its training time
              is printed, not charged to the fit: it is paid once per corpus, not per text).
-Every other setting is the base corpus's (read from its manifest). Prints converged, median steps, mean
-accuracy and converged texts per hour for each mode.
+Every other setting is the base corpus's (read from its manifest), except the precision of the fits and of the
+encoder trained here: `--precision`, 'auto' by default (bf16 where the hardware computes it natively, else fp32;
+printed per path). Prints converged, median steps, mean accuracy and converged texts per hour for each mode.
 
-    python bench/warm_start.py --base runs/c64-default              # texts 65-96 of nar/assets/texts.jsonl
-    python bench/warm_start.py --base runs/c64-default --quick      # 8 new texts, 150-step cap
+    python -m bench.warm_start --base runs/c64-default              # texts 65-96 of nar/assets/texts.jsonl
+    python -m bench.warm_start --base runs/c64-default --quick      # 8 new texts, 150-step cap
 
 The base corpus is built first if it does not exist (`--base-texts` rows of nar/assets/texts.jsonl).
 The last line is `ratio: X`: converged texts per hour of the best warm start over `none`.
@@ -30,23 +31,21 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from nar import corpus  # noqa: E402
-from nar.assets import path as asset_path  # noqa: E402
-from nar.build import build_corpus  # noqa: E402
-from nar.config import BuildConfig, EncoderConfig, FitConfig, TrainConfig  # noqa: E402
-from nar.llm import load_llm  # noqa: E402
-from nar.teacher import load_teacher  # noqa: E402
-from nar.train import train_encoder  # noqa: E402
+from bench import FORCE_HELP, pick_precision, say_precision
+from nar import corpus
+from nar.assets import path as asset_path
+from nar.build import build_corpus
+from nar.config import BuildConfig, EncoderConfig, FitConfig, TrainConfig
+from nar.llm import load_llm
+from nar.teacher import load_teacher
+from nar.train import train_encoder
 
 MODES = ("none", "neighbour", "encoder")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", type=Path, default=ROOT / "runs" / "c64-default")
+    ap.add_argument("--base", type=Path, default=Path("runs/c64-default"))
     ap.add_argument("--base-texts", type=int, default=64, help="rows of nar/assets/texts.jsonl in a new base corpus")
     ap.add_argument("--new-offset", type=int, default=64, help="first row of nar/assets/texts.jsonl to append")
     ap.add_argument("--new", type=int, default=32, help="how many rows to append")
@@ -56,6 +55,9 @@ def main() -> None:
     ap.add_argument("--encoder-steps", type=int, default=300, help="steps of the encoder trained here")
     ap.add_argument("--quick", action="store_true", help="8 new texts, 150-step cap, 150 encoder steps")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                    help="of every fit and of the encoder trained here ('auto': bf16 where native, else fp32)")
+    ap.add_argument("--force-bf16", action="store_true", help=FORCE_HELP)
     args = ap.parse_args()
     if args.quick:
         args.new, args.max_steps, args.encoder_steps = 8, 150, 150
@@ -66,13 +68,19 @@ def main() -> None:
         sys.exit("--modes must include 'none' (the baseline)")
     torch.set_num_threads(args.threads)
     llm, teacher = load_llm(device="cpu"), load_teacher()
+    precision, why = pick_precision(args.precision, llm.device, force_bf16=args.force_bf16)
+    if precision is None:
+        sys.exit(f"--precision bf16: {why}")
+    say_precision("fitting (base corpus and every mode)", precision, why)
+    if "encoder" in modes and args.encoder is None:
+        say_precision("the encoder trained here", precision, why)
     texts = asset_path("texts.jsonl")
     if not (args.base / "manifest.json").is_file():
         print(f"building the base corpus {args.base} ({args.base_texts} texts)", flush=True)
         build_corpus(BuildConfig(input=str(texts), out=str(args.base), limit=args.base_texts),
-                     FitConfig(max_tokens=32), llm=llm, teacher=teacher, show_progress=False)
+                     FitConfig(max_tokens=32, precision=precision), llm=llm, teacher=teacher, show_progress=False)
     man = corpus.read_manifest(args.base)
-    fdict = man["fit_config"]
+    fdict = {**man["fit_config"], "precision": precision}
     if args.max_steps:
         fdict = {**fdict, "max_steps": args.max_steps}
     fcfg = FitConfig.from_dict(fdict)
@@ -86,12 +94,13 @@ def main() -> None:
         if "encoder" in modes and encoder is None:
             encoder = Path(tmp) / "trained-encoder"
             t0 = time.perf_counter()
-            val = train_encoder(args.base, TrainConfig(run_dir=str(encoder), steps=args.encoder_steps,
-                                                       val_every=max(50, args.encoder_steps // 4)),
+            val = train_encoder(TrainConfig(data=(str(args.base),), run_dir=str(encoder), steps=args.encoder_steps,
+                                            val_every=max(50, args.encoder_steps // 4), precision=precision),
                                 EncoderConfig(), llm=llm, show_progress=False)
+            held = (f", val token accuracy {val['val']['token_acc']:.3f} (best {val['best_val_token_acc']:.3f})"
+                    if val.get("val") else "")
             print(f"encoder trained on {args.base}: {args.encoder_steps} steps in {time.perf_counter() - t0:.0f} s; "
-                  f"{val['train_texts']} train / {val['val_texts']} val texts, val token accuracy "
-                  f"{val['val']['token_acc']:.3f} (best {val['best_val_token_acc']:.3f})", flush=True)
+                  f"{val.get('train_texts')} train / {val.get('val_texts')} val texts{held}", flush=True)
         for mode in modes:
             out = Path(tmp) / mode
             shutil.copytree(args.base, out, ignore=shutil.ignore_patterns("tb", "index"))

@@ -140,32 +140,88 @@ def make_pairs_cmd(prompts: Path = typer.Argument(..., help="Prompts: .jsonl (se
 
 
 @app.command("make-data")
-def make_data_cmd(stsb: Path = typer.Option(..., help="Folder with the STS Benchmark train.tsv and dev.tsv."),
-                  out: Path = typer.Option(Path("out/data"), "--out", "-o", help="Where the .jsonl files go."),
-                  as_json: bool = JSON) -> None:
-    """Autoencoding data: unique STS-B train sentences (stsb-train.jsonl), dev sentences not in train (stsb-dev)."""
-    from nar.data import stsb_sentences
+def make_data_cmd(
+    stsb: Path | None = typer.Option(None, help="Folder with STS Benchmark's train.tsv and dev.tsv (GLUE layout): "
+                                     "stsb-train.jsonl and stsb-dev.jsonl (dev sentences not in train, by genre)."),
+    flickr8k: Path | None = typer.Option(None, help="Flickr8k captions, one per line (data/README.md says where "
+                                         "to get them)."),
+    headlines: Path | None = typer.Option(None, help="News lines, one per line [default: the bundled "
+                                          "data/headlines/headlines.txt.gz]."),
+    forums: Path | None = typer.Option(None, help="Forum sentences, one per line [default: the bundled "
+                                       "data/forums/forums.txt.gz]."),
+    per_source: int | None = typer.Option(60000, help="At most this many lines of each text file (the files are "
+                                          "shuffled: the first lines are a random sample)."),
+    vocab_texts: int = typer.Option(0, help="Also N texts the frozen LLM writes over its vocabulary "
+                                    "(llm-vocab.jsonl; slow: ~1 s a text on a 2-core CPU)."),
+    bundled: bool = typer.Option(True, help="Use the bundled news and forum text when --headlines/--forums are "
+                                 "not given."),
+    model: str = MODEL, device: str = DEVICE,
+    out: Path = typer.Option(Path("data/gen"), "--out", "-o", help="Where the .jsonl files go (git-ignored)."),
+    as_json: bool = JSON) -> None:
+    """The encoder's text: STS-B train/dev, captions, news and forum lines -> .jsonl files and their union,
+    encoder-train.jsonl (each sentence once, none equal to an STS-B dev sentence)."""
+    setup_logging(False)
+    from nar.data import bundled_data, make_data
 
-    res = stsb_sentences(stsb, out)
-    print_json(res) if as_json else render.pairs("STS-B sentences", list(res.items()))
+    texts = {"flickr8k": flickr8k, "headlines": headlines or (bundled_data("headlines") if bundled else None),
+             "forums": forums or (bundled_data("forums") if bundled else None)}
+    if vocab_texts:
+        from nar.data import llm_for
+        from nar.pairs import vocab_texts as write_vocab
+
+        out.mkdir(parents=True, exist_ok=True)
+        write_vocab(llm_for(None, model, device), vocab_texts, out / "llm-vocab.txt")
+        texts["llm-vocab"] = out / "llm-vocab.txt"
+    res = make_data(out, stsb=stsb, texts={k: v for k, v in texts.items() if v}, per_source=per_source)
+    print_json(res) if as_json else render.pairs("encoder text", list(res.items()))
 
 
-@app.command("train-encoder")
+TRAIN_HELP = """Train an encoder source -> (e, m, N) with the cross-entropy of ONE pass of the frozen LLM.
+
+DATA: text files, globs or saved datasets, mixed by --weights (or one corpus folder); or give them in the
+recipe's [train] data. --config FILE reads a recipe (recipes/*.toml); options given on the command line override
+it. Several processes: `accelerate launch --num_processes N -m cli.main train-encoder ...` (GPUs, or CPUs with
+--cpu), `torchrun --nproc_per_node N -m cli.main train-encoder ...`; --batch-size is the global batch."""
+
+
+@app.command("train-encoder", help=TRAIN_HELP)
 @config_options("ecfg", C.EncoderConfig)
-@config_options("cfg", C.TrainConfig, short={"run_dir": "-o"})
-def train_encoder_cmd(data: Path = typer.Argument(..., help="A file of texts or (source, target) pairs, or a "
-                                                             "corpus folder from build-corpus."),
+@config_options("cfg", C.TrainConfig, short={"run_dir": "-o"}, exclude=("data",))
+def train_encoder_cmd(ctx: typer.Context,
+                      data: list[str] | None = typer.Argument(None, help="Training data (see above).",
+                                                              show_default=False),
+                      config: Path | None = typer.Option(None, "--config", "-c", help="A recipe file (TOML)."),
                       model: str = MODEL, device: str = DEVICE, as_json: bool = JSON, cfg: C.TrainConfig = None,
                       ecfg: C.EncoderConfig = None) -> None:
-    """Train an encoder source -> proto-tokens (and length) with the CE of one pass of the frozen LLM."""
     setup_logging(False)
+    from nar.build import distributed_context
     from nar.data import llm_for
     from nar.train import train_encoder
 
-    res = train_encoder(data, cfg, ecfg, llm=llm_for(data, model, device), show_progress=not as_json)
+    cfg, ecfg = with_recipe(ctx, config, cfg, ecfg)
+    if data:
+        cfg = cfg.replace(data=tuple(data))
+    _, _, dev, _ = distributed_context(device)
+    res = train_encoder(cfg, ecfg, llm=llm_for(cfg.data[0] if cfg.data else None, model, dev),
+                        show_progress=not as_json)
     res.pop("encoder")
     print_json(res) if as_json else render.pairs("train-encoder", [(k, res[k]) for k in res if k != "val"]
                                                  + list(res["val"].items()))
+
+
+def with_recipe(ctx: typer.Context, path: Path | None, cfg: C.TrainConfig, ecfg: C.EncoderConfig
+                ) -> tuple[C.TrainConfig, C.EncoderConfig]:
+    """The recipe file's configs, overridden by every option given on the command line (not by defaults)."""
+    if path is None:
+        return cfg, ecfg
+    file_cfg, file_ecfg, _ = C.load_recipe(path)
+
+    def given(name: str) -> bool:
+        source = ctx.get_parameter_source(name)
+        return source is not None and source.name == "COMMANDLINE"
+
+    return (file_cfg.replace(**{k: v for k, v in cfg.to_dict().items() if given(k)}),
+            file_ecfg.replace(**{k: v for k, v in ecfg.to_dict().items() if given(k)}))
 
 
 @app.command("eval-encoder")

@@ -82,6 +82,11 @@ def encoder_eval(res: dict) -> None:
                                                                      "exact"],
           [[r["split"], r["method"], b["tokens"], b["texts"], b["token_acc"], b["exact_match"]]
            for r in res["rows"] for b in r["by_length"]])
+    groups = [(r, g, v) for r in res["rows"] for g, v in r.get("by_group", {}).items()]
+    if groups:
+        table("by group (the data's genre column)", ["split", "method", "group", "texts", "acc", "exact", "chrF"],
+              [[r["split"], r["method"], g, v["texts"], v["token_acc"], v["exact_match"], v["chrf"]]
+               for r, g, v in groups])
     # positions down, methods across: 16 positions fit no terminal's width
     short = {"encoder": "enc", "nearest neighbour": "NN", "position mode": "mode"}
     width = max(len(r["by_position"]) for r in res["rows"])

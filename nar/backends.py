@@ -43,11 +43,9 @@ class Backend:
 
     name = "?"
 
-    def argmax(self, embeds: torch.Tensor, n: int, mask: torch.Tensor | None = None, own_rows: int = 0
-               ) -> torch.Tensor:
+    def argmax(self, embeds: torch.Tensor, n: int, mask: torch.Tensor | None = None) -> torch.Tensor:
         """embeds (B, T, D) float -> the argmax token ids (B, n) of the last n positions (long, on CPU).
-        mask: (B, T), 0 on left padding (an in-context encoder's batch), or None for none. own_rows: how many
-        of the last positions attend only to what precedes them and to themselves (`Layout.own_rows`)."""
+        mask: (B, T), 0 on left padding (an in-context encoder's batch), or None for none."""
         raise NotImplementedError
 
 
@@ -60,22 +58,19 @@ class TorchBackend(Backend):
         self.llm, self.precision = llm, precision
 
     @torch.no_grad()
-    def logits(self, embeds: torch.Tensor, n: int, mask: torch.Tensor | None = None, own_rows: int = 0
-               ) -> torch.Tensor:
+    def logits(self, embeds: torch.Tensor, n: int, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, D) -> logits (B, n, V) of the last n positions."""
         from nar.llm import forward_kwargs, last_positions
 
         embeds = embeds.to(self.llm.device, self.llm.dtype)
-        kwargs = forward_kwargs(None if mask is None else mask.to(self.llm.device), self.llm.check_rows(own_rows),
-                                embeds)
+        kwargs = forward_kwargs(None if mask is None else mask.to(self.llm.device))
         with self.llm.autocast(self.precision):
             out = self.llm.model(inputs_embeds=embeds, use_cache=False,
                                  logits_to_keep=last_positions(embeds.shape[1], n, embeds.device), **kwargs)
         return out.logits[:, -n:]
 
-    def argmax(self, embeds: torch.Tensor, n: int, mask: torch.Tensor | None = None, own_rows: int = 0
-               ) -> torch.Tensor:
-        return self.logits(embeds, n, mask, own_rows).argmax(-1).cpu()
+    def argmax(self, embeds: torch.Tensor, n: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.logits(embeds, n, mask).argmax(-1).cpu()
 
 
 class LlamaCppBackend(Backend):
@@ -154,11 +149,7 @@ class LlamaCppBackend(Backend):
 
     # -- the one pass
 
-    def argmax(self, embeds: torch.Tensor, n: int, mask: torch.Tensor | None = None, own_rows: int = 0
-               ) -> torch.Tensor:
-        if own_rows:
-            raise NarError("the llama.cpp backend runs causal attention only; a layout with independent rows "
-                           "(--rows independent) needs --backend torch")
+    def argmax(self, embeds: torch.Tensor, n: int, mask: torch.Tensor | None = None) -> torch.Tensor:
         b, t, d = embeds.shape
         if d != self.n_embd:
             raise NarError(f"embeddings of width {d}, but {self.path} has {self.n_embd}")

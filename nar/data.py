@@ -9,6 +9,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from nar import corpus as corpus_store
@@ -180,37 +181,119 @@ def long_texts(llm, k: int, min_tokens: int) -> list[str]:
     raise NarError(f"the bundled texts give only {len(out)} texts of {min_tokens}+ tokens")
 
 
-def stsb_sentences(stsb_dir: str | Path, out_dir: str | Path) -> dict:
-    """Unique STS Benchmark sentences for autoencoding: train.tsv -> stsb-train.jsonl, dev.tsv -> stsb-dev.jsonl
-    (dev sentences that also occur in train are dropped, so held-out means unseen). Returns the counts."""
-    import csv
+STSB_GENRES = {"main-news": "news", "main-captions": "captions", "main-forums": "forums"}
+"""STS-B's genre column (GLUE layout: the first column) -> the genre nar reports by."""
+
+
+def text_key(text: str) -> str:
+    """The de-duplication key of a sentence: lower-cased, every character that is not a letter or digit dropped
+    (the key the shared training texts were de-duplicated against STS-B dev and test with)."""
+    return "".join(c for c in text.lower() if c.isalnum() and c.isascii())
+
+
+def bundled_data(name: str) -> Path:
+    """A text file shipped in the repository's data/ folder (data/NAME/NAME.txt.gz; data/README.md)."""
+    path = Path(__file__).resolve().parents[1] / "data" / name / f"{name}.txt.gz"
+    if not path.is_file():
+        raise NarError(f"{path} is missing: the bundled text sets live in a source checkout's data/ folder "
+                       "(give the file instead, or --no-bundled)")
+    return path
+
+
+def _write_jsonl(out: Path, rows: list[dict]) -> None:
     import json
 
-    stsb_dir, out_dir = Path(stsb_dir), Path(out_dir)
+    tmp = out.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    tmp.replace(out)
+
+
+def _stsb_rows(path: Path) -> list[dict]:
+    import csv
+
+    try:
+        with path.open(encoding="utf-8", newline="") as f:
+            rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    except OSError as exc:
+        raise NarError(f"cannot read {path}: {exc.strerror}") from exc
+    head = rows[0] if rows else []
+    if not {"sentence1", "sentence2"} <= set(head):
+        raise NarError(f"{path} is not an STS Benchmark file (no sentence1/sentence2 columns)")
+    a, b = head.index("sentence1"), head.index("sentence2")
+    g = head.index("genre") if "genre" in head else None
+    out = []
+    for r in rows[1:]:
+        genre = STSB_GENRES.get(r[g], r[g]) if g is not None and g < len(r) else ""
+        for k in (a, b):
+            if k < len(r):
+                out.append({"text": r[k].strip(), "genre": genre})
+    return out
+
+
+def _lines(path: str | Path) -> list[str]:
+    import gzip
+
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            return [x.strip() for x in f]
+    except OSError as exc:
+        raise NarError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def make_data(out_dir: str | Path, *, stsb: str | Path | None = None, texts: dict[str, str | Path] | None = None,
+              per_source: int | None = None) -> dict:
+    """The encoder's training and evaluation text, as .jsonl files under `out_dir`:
+
+    - with `stsb` (a folder holding STS-B's train.tsv and dev.tsv): stsb-train.jsonl (unique train sentences) and
+      stsb-dev.jsonl (unique dev sentences not in train, with their genre: news, captions, forums);
+    - for each (name, file) of `texts` (one text per line, .txt or .txt.gz): NAME.jsonl, at most `per_source`
+      lines of it (the files are shuffled, so the first lines are a random sample);
+    - encoder-train.jsonl: the union of every training set above, in that order, each sentence once, none equal
+      (case and punctuation ignored, `text_key`) to an STS-B dev sentence: what `nar train-encoder` trains on.
+    Returns the counts written."""
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, int] = {}
+    held: set[str] = set()
+    union: list[dict] = []
     seen: set[str] = set()
-    counts = {}
-    for split in ("train", "dev"):
-        path = stsb_dir / f"{split}.tsv"
-        try:
-            with path.open(encoding="utf-8", newline="") as f:
-                rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-        except OSError as exc:
-            raise NarError(f"cannot read {path}: {exc.strerror}") from exc
-        if not rows or not {"sentence1", "sentence2"} <= set(rows[0]):
-            raise NarError(f"{path} is not an STS Benchmark file (no sentence1/sentence2 columns)")
-        texts = []
+
+    def add(rows: list[dict], name: str) -> None:
+        kept = 0
         for r in rows:
-            for s in (r["sentence1"], r["sentence2"]):
-                s = (s or "").strip()
-                if s and s not in seen:
-                    seen.add(s)
-                    texts.append(s)
-        out = out_dir / f"stsb-{split}.jsonl"
-        tmp = out.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
-        tmp.replace(out)
-        counts[split] = len(texts)
+            k = text_key(r["text"])
+            if r["text"] and k not in held and k not in seen:
+                seen.add(k)
+                union.append({"text": r["text"], "source": name})
+                kept += 1
+        counts[f"{name} (in encoder-train)"] = kept
+
+    if stsb is not None:
+        stsb = Path(stsb)
+        train, dev = _stsb_rows(stsb / "train.tsv"), _stsb_rows(stsb / "dev.tsv")
+        train_texts = {r["text"] for r in train}
+        dev_rows, dev_seen = [], set()
+        for r in dev:
+            if r["text"] and r["text"] not in train_texts and r["text"] not in dev_seen:
+                dev_seen.add(r["text"])
+                dev_rows.append(r)
+        train_rows = list({r["text"]: {"text": r["text"], "genre": r["genre"]} for r in train if r["text"]}.values())
+        _write_jsonl(out_dir / "stsb-train.jsonl", train_rows)
+        _write_jsonl(out_dir / "stsb-dev.jsonl", dev_rows)
+        counts["stsb-train"], counts["stsb-dev"] = len(train_rows), len(dev_rows)
+        held = {text_key(r["text"]) for r in dev_rows}
+        add(train_rows, "stsb")
+    for name, path in (texts or {}).items():
+        rows = [{"text": t} for t in _lines(path) if t][:per_source]
+        _write_jsonl(out_dir / f"{name}.jsonl", rows)
+        counts[name] = len(rows)
+        add(rows, name)
+    if not union:
+        raise NarError("nothing to write: give --stsb and/or text files (--flickr8k, --headlines, --forums)")
+    _write_jsonl(out_dir / "encoder-train.jsonl", union)
+    counts["encoder-train"] = len(union)
     return {"out": str(out_dir), **counts}
 
 
@@ -230,12 +313,15 @@ class Pairs:
     e: torch.Tensor | None = None
     m: torch.Tensor | None = None
     stats: dict = field(default_factory=dict)
+    groups: list[str] | None = None
+    """Each text's group (a 'genre' column of the data file, e.g. STS-B dev's news / captions / forums), or None."""
 
     def take(self, idx: list[int]) -> Pairs:
         def pick(t):
             return (None if t is None else t[idx])
         return Pairs([self.ids[i] for i in idx], [self.sources[i] for i in idx], [self.targets[i] for i in idx],
-                     [self.token_ids[i] for i in idx], pick(self.e), pick(self.m), self.stats)
+                     [self.token_ids[i] for i in idx], pick(self.e), pick(self.m), self.stats,
+                     None if self.groups is None else [self.groups[i] for i in idx])
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -245,49 +331,64 @@ def is_corpus(path: str | Path) -> bool:
     return (Path(path) / "manifest.json").is_file()
 
 
+def columns_of(cfg: TrainConfig) -> tuple[str, str]:
+    """(source column, target column) of a run: the target is the source itself unless given."""
+    return cfg.source_column, cfg.target_column or cfg.source_column
+
+
 def load_pairs(path: str | Path, llm: FrozenLLM, cfg: TrainConfig) -> Pairs:
-    """Pairs from a data file (any format nar.data reads) or a corpus folder; targets over max_tokens skipped."""
+    """Pairs from a data file (any format nar.data reads) or a corpus folder, in memory (held-out and evaluation
+    sets; training reads a `TextMixture`); duplicate rows dropped, targets over max_tokens skipped."""
     if is_corpus(path):
-        return _corpus_pairs(path, cfg)
+        return _corpus_pairs(path)
     ds = load_dataset_any(str(path))
-    src_col, tgt_col = (cfg.source_column, cfg.target_column) if cfg.source_column else (cfg.text_column,) * 2
+    src_col, tgt_col = columns_of(cfg)
     for c in {src_col, tgt_col}:
         if c not in ds.column_names:
-            raise NarError(f"{path} has no column {c!r}; its columns are {ds.column_names} (pass --text-column, "
-                           "or --source-column with --target-column)")
-    eos = llm.eos_id if cfg.append_eos else None
-    if cfg.append_eos and eos is None:
-        raise NarError(f"model {llm.name} has no EOS token; drop --append-eos")
+            raise NarError(f"{path} has no column {c!r}; its columns are {ds.column_names} (pass --source-column, "
+                           "and --target-column for pairs)")
     rows, empty = {}, 0
-    for s, t in zip(ds[src_col], ds[tgt_col]):
+    genres = ds["genre"] if "genre" in ds.column_names else [None] * len(ds)
+    for s, t, g in zip(ds[src_col], ds[tgt_col], genres):
         if not isinstance(s, str) or not isinstance(t, str) or not s.strip() or not t.strip():
             empty += 1
         else:
-            rows.setdefault(row_id(s, t), (s, t))
-    # one batched call: the tokenizer is the slow part of reading 10k+ texts one by one
-    all_ids = llm.tokenizer([t for _, t in rows.values()], add_special_tokens=False).input_ids if rows else []
-    out, long = Pairs([], [], [], []), 0
-    for (key, (s, t)), ids in zip(rows.items(), all_ids):
-        ids = list(ids) + ([eos] if eos is not None else [])
-        if len(ids) > cfg.max_tokens:
-            long += 1
-            continue
-        out.ids.append(key)
-        out.sources.append(s)
-        out.targets.append(t)
-        out.token_ids.append(ids)
+            rows.setdefault(row_id(s, t), (s, t, g))
+    out = _tokenised(list(rows), [r[0] for r in rows.values()], [r[1] for r in rows.values()], llm, cfg)
+    if "genre" in ds.column_names:
+        out.groups = [str(rows[k][2]) for k in out.ids]
+    long = len(rows) - len(out)
     out.stats = {"read": len(ds), "kept": len(out), "skipped_long": long, "skipped_empty": empty,
-                 "skipped_duplicate": len(ds) - len(out) - long - empty}
+                 "skipped_duplicate": len(ds) - len(rows) - empty}
     if len(out) < 2:
         raise NarError(f"{path}: {len(out)} usable texts of <= {cfg.max_tokens} tokens; need at least 2")
     return out
 
 
-def _corpus_pairs(path: str | Path, cfg: TrainConfig) -> Pairs:
+def _tokenised(ids: list[str], sources: list[str], targets: list[str], llm: FrozenLLM, cfg: TrainConfig) -> Pairs:
+    """Pairs of the rows whose target (+ EOS with append_eos) has 1 .. max_tokens tokens."""
+    eos = llm.eos_id if cfg.append_eos else None
+    if cfg.append_eos and eos is None:
+        raise NarError(f"model {llm.name} has no EOS token; drop --append-eos")
+    # one batched call: the tokenizer is the slow part of reading 10k+ texts one by one
+    all_ids = llm.tokenizer(targets, add_special_tokens=False).input_ids if targets else []
+    out = Pairs([], [], [], [])
+    for key, s, t, x in zip(ids, sources, targets, all_ids):
+        x = list(x) + ([eos] if eos is not None else [])
+        if 1 <= len(x) <= cfg.max_tokens:
+            out.ids.append(key)
+            out.sources.append(s)
+            out.targets.append(t)
+            out.token_ids.append(x)
+    return out
+
+
+def _corpus_pairs(path: str | Path, min_accuracy: float = 0.99) -> Pairs:
+    """The rows of a corpus folder fitted to at least `min_accuracy`, with their fitted proto-tokens."""
     cols = corpus_store.columns(path, ("id", "source", "target", "token_ids", "accuracy", "e", "m"), rows="ok")
-    keep = [i for i, a in enumerate(cols["accuracy"]) if a >= cfg.min_accuracy - 1e-6]
+    keep = [i for i, a in enumerate(cols["accuracy"]) if a >= min_accuracy - 1e-6]
     if len(keep) < 2:
-        raise NarError(f"corpus {path} has {len(keep)} rows at accuracy >= {cfg.min_accuracy}; need at least 2")
+        raise NarError(f"corpus {path} has {len(keep)} rows at accuracy >= {min_accuracy}; need at least 2")
     return Pairs(ids=[cols["id"][i] for i in keep], sources=[cols["source"][i] or cols["target"][i] for i in keep],
                  targets=[cols["target"][i] for i in keep], token_ids=[list(cols["token_ids"][i]) for i in keep],
                  e=torch.as_tensor(cols["e"][keep]).float(), m=torch.as_tensor(cols["m"][keep]).float(),
@@ -305,13 +406,6 @@ def llm_for(data: str | Path | None, model: str, device: str = "auto") -> Frozen
     return load_llm(model, device=device)
 
 
-def split(n: int, val_frac: float, seed: int) -> tuple[list[int], list[int]]:
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    n_val = max(1, round(val_frac * n))
-    return sorted(order[n_val:]), sorted(order[:n_val])
-
-
 def run_layout(llm: FrozenLLM, data: str | Path) -> tuple[Layout, bool]:
     """The layout to train for: a corpus's own, else Paper A's with the BOS prefix (nar's fitting default)."""
     if is_corpus(data):
@@ -322,23 +416,227 @@ def run_layout(llm: FrozenLLM, data: str | Path) -> tuple[Layout, bool]:
     return Layout(prefix_ids=llm.resolve_prefix("bos")), False
 
 
-def train_val_splits(data: str | Path, llm: FrozenLLM, cfg: TrainConfig) -> tuple[Pairs, Pairs]:
-    """(training pairs, held-out pairs) of a run: the val_data file or the seeded val_frac split, and, with
-    cfg.limit, a seeded subset of the training pairs. Training and evaluation both take them from here."""
-    pairs = load_pairs(data, llm, cfg)
-    if cfg.val_data:
-        train, val = pairs, load_pairs(cfg.val_data, llm, cfg)
-    else:
-        tr, va = split(len(pairs), cfg.val_frac, cfg.seed)
-        train, val = pairs.take(tr), pairs.take(va)
-    if cfg.limit is not None and cfg.limit < len(train):
-        order = list(range(len(train)))
+# ----------------------------------------------------------------------------------------------
+# Training text at scale: several sources, mixed by weight, read lazily
+
+
+VAL_SHARE, VAL_MAX = 0.1, 2000
+"""Without val_data: this share of the first source's usable rows (at most VAL_MAX) is held out."""
+
+
+def expand(specs: tuple[str, ...] | list[str]) -> list[list[str]]:
+    """Each data argument as the files (or the one folder) it names: a glob is expanded and sorted."""
+    import glob
+
+    out = []
+    for spec in specs:
+        if any(c in spec for c in "*?["):
+            files = sorted(glob.glob(str(Path(spec).expanduser())))
+            if not files:
+                raise NarError(f"--data {spec}: the pattern matches no file")
+            out.append(files)
+        else:
+            out.append([spec])
+    return out
+
+
+def _open_source(files: list[str]):
+    """A memory-mapped `datasets.Dataset` over the files of one data argument (Arrow cache on disk: rows are read
+    when drawn, so memory does not grow with the data), or a saved dataset folder."""
+    import datasets
+
+    if len(files) == 1:
+        return load_dataset_any(files[0])
+    kinds = {_builder(Path(f)) for f in files}
+    if len(kinds) != 1 or None in kinds:
+        raise NarError(f"one data argument must name files of one known type; got {sorted(map(str, kinds))}")
+    for f in files:
+        if not Path(f).is_file():
+            raise NarError(f"cannot read {f}: no such file")
+    was = datasets.utils.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        return datasets.load_dataset(kinds.pop(), data_files=files, split="train")
+    except Exception as exc:
+        raise NarError(f"cannot read {files[0]} ...: {str(exc).strip().splitlines()[0]}") from exc
+    finally:
+        if not was:
+            datasets.enable_progress_bars()
+
+
+def _builder(path: Path) -> str | None:
+    suffixes = [x.lower() for x in path.suffixes]
+    if suffixes and suffixes[-1] in (".gz", ".bz2", ".xz", ".zst"):
+        suffixes = suffixes[:-1]
+    return _BUILDERS.get(suffixes[-1]) if suffixes else None
+
+
+@dataclass
+class Source:
+    """One data argument: its rows (memory-mapped), and each row's target length in tokens (0: unusable)."""
+
+    spec: str
+    ds: object
+    lengths: np.ndarray
+    weight: float
+
+
+class TextMixture:
+    """The training text of `nar train-encoder`: several sources, each drawn with its weight, rows read lazily.
+
+    On opening, one streaming pass tokenises every target once for its length (2 bytes a row are kept) and counts
+    tokens (for `unk_below` and `novel_tokens`); batches then draw (source, row) pairs from a generator seeded by
+    (seed, step), so the draw of a step is the same in every process, after a resume, at any number of processes.
+    """
+
+    def __init__(self, specs, weights, llm: FrozenLLM, cfg: TrainConfig, *, hold_out: bool = False,
+                 show_progress: bool = False):
+        if not specs:
+            raise NarError("no training data: give one or more data files (or --config with data)")
+        self.llm, self.cfg = llm, cfg
+        self.src_col, self.tgt_col = columns_of(cfg)
+        self.eos = llm.eos_id if cfg.append_eos else None
+        if cfg.append_eos and self.eos is None:
+            raise NarError(f"model {llm.name} has no EOS token; drop --append-eos")
+        weights = list(weights) or [1.0] * len(specs)
+        if len(weights) != len(specs):
+            raise NarError(f"give one weight per data source ({len(specs)} sources, {len(weights)} weights)")
+        self.target_counts = np.zeros(len(llm.tokenizer), dtype=np.int64)
+        self.sources: list[Source] = []
+        for spec, files, w in zip(specs, expand(specs), weights):
+            ds = _open_source(files)
+            for c in {self.src_col, self.tgt_col}:
+                if c not in ds.column_names:
+                    raise NarError(f"{spec} has no column {c!r}; its columns are {ds.column_names} (pass "
+                                   "--source-column, and --target-column for pairs)")
+            self.sources.append(Source(spec, ds, self._lengths(ds, spec, show_progress), float(w)))
+        self.held = np.zeros(0, dtype=np.int64)
+        if hold_out:  # rows of the first source kept out of every draw
+            usable = np.flatnonzero(self.sources[0].lengths)
+            n = min(VAL_MAX, max(1, round(VAL_SHARE * len(usable))))
+            rng = np.random.default_rng(cfg.seed)
+            self.held = np.sort(rng.choice(usable, size=n, replace=False))
+            self._count([t for x in self.held_out().token_ids for t in x[: len(x) - bool(self.eos is not None)]], -1)
+            self.sources[0].lengths[self.held] = 0
+        total = sum(s.weight for s in self.sources if s.lengths.any())
+        self.p = np.array([s.weight / total if s.lengths.any() else 0.0 for s in self.sources])
+        if total == 0:
+            raise NarError(f"no usable text in {', '.join(specs)}: every target is empty or longer than "
+                           f"{cfg.max_tokens} tokens")
+        self._pools: dict[int, list[np.ndarray]] = {}
+
+    def _count(self, flat: list[int], sign: int) -> None:
+        if flat:
+            v = len(self.target_counts)
+            self.target_counts += sign * np.bincount(flat, minlength=v)[:v]
+
+    def _lengths(self, ds, spec: str, show_progress: bool) -> np.ndarray:
+        from rich.progress import Progress
+
+        out = np.zeros(len(ds), dtype=np.uint16)
+        extra = 1 if self.eos is not None else 0
+        with Progress(disable=not show_progress, transient=True) as prog:
+            task = prog.add_task(f"reading {spec}", total=len(ds))
+            for lo in range(0, len(ds), 8192):
+                texts = ds[lo:lo + 8192][self.tgt_col]
+                ok = [isinstance(t, str) and bool(t.strip()) for t in texts]
+                ids = self.llm.tokenizer([t if k else "" for t, k in zip(texts, ok)],
+                                         add_special_tokens=False).input_ids
+                n = np.array([len(x) + extra if k else 0 for x, k in zip(ids, ok)])
+                n[n > self.cfg.max_tokens] = 0
+                out[lo:lo + len(texts)] = n
+                flat = [t for x, k, m in zip(ids, ok, n) if k and m for t in x]
+                self._count(flat, +1)
+                prog.update(task, advance=len(texts))
+        return out
+
+    @property
+    def stats(self) -> dict:
+        return {"sources": [{"data": s.spec, "rows": len(s.lengths), "usable": int(np.count_nonzero(s.lengths)),
+                             "weight": s.weight, "share": round(float(p), 4)} for s, p in zip(self.sources, self.p)],
+                "read": sum(len(s.lengths) for s in self.sources),
+                "kept": sum(int(np.count_nonzero(s.lengths)) for s in self.sources),
+                "held_out": len(self.held)}
+
+    def __len__(self) -> int:
+        return self.stats["kept"]
+
+    def pools(self, cap: int) -> list[np.ndarray]:
+        """Per source, the rows whose target has at most `cap` tokens."""
+        if cap not in self._pools:
+            self._pools[cap] = [np.flatnonzero((s.lengths > 0) & (s.lengths <= cap)) for s in self.sources]
+        return self._pools[cap]
+
+    def draw(self, n: int, seed: int, cap: int | None = None) -> list[tuple[int, int]]:
+        """n (source, row) pairs: a source by weight, then a row of it uniformly, among targets of <= cap tokens
+        (a source with none is skipped). Depends on (n, seed, cap) only."""
+        pools = self.pools(cap or self.cfg.max_tokens)
+        p = np.array([pi if len(pool) else 0.0 for pi, pool in zip(self.p, pools)])
+        if p.sum() == 0:  # the curriculum's first caps may hold nothing: take the shortest targets
+            return self.draw(n, seed, None if cap is None else cap + 1)
+        rng = np.random.default_rng(seed)
+        which = rng.choice(len(self.sources), size=n, p=p / p.sum())
+        return [(int(k), int(pools[k][rng.integers(len(pools[k]))])) for k in which]
+
+    def pairs(self, refs: list[tuple[int, int]]) -> Pairs:
+        """The drawn rows as Pairs (read from the memory-mapped sources, targets tokenised)."""
+        out = Pairs([], [], [], [])
+        for k, i in refs:
+            row = self.sources[k].ds[i]
+            s, t = str(row[self.src_col]), str(row[self.tgt_col])
+            x = self.llm.encode(t) + ([self.eos] if self.eos is not None else [])
+            out.ids.append(row_id(s, t))
+            out.sources.append(s)
+            out.targets.append(t)
+            out.token_ids.append(x)
+        return out
+
+    def held_out(self) -> Pairs:
+        return self.pairs([(0, int(i)) for i in self.held])
+
+    def all_rows(self) -> Pairs:
+        """Every usable row, in memory (evaluation over the training text)."""
+        return self.pairs([(k, int(i)) for k, s in enumerate(self.sources) for i in np.flatnonzero(s.lengths)])
+
+    def source_counts(self, tokenizer) -> torch.Tensor:
+        """(V,) token counts of every usable source text under `tokenizer` (`EncoderConfig.unk_below`); the
+        target counts when sources are targets and the tokenizer is the LLM's."""
+        if self.src_col == self.tgt_col and tokenizer is self.llm.tokenizer:
+            return torch.from_numpy(self.target_counts.copy())
+        counts = np.zeros(len(tokenizer), dtype=np.int64)
+        for s in self.sources:
+            rows = np.flatnonzero(s.lengths)
+            for lo in range(0, len(rows), 8192):
+                texts = s.ds.select(rows[lo:lo + 8192])[self.src_col]
+                flat = [t for x in tokenizer([str(t) for t in texts], add_special_tokens=False).input_ids for t in x]
+                if flat:
+                    counts += np.bincount(flat, minlength=len(counts))[: len(counts)]
+        return torch.from_numpy(counts)
+
+
+def training_data(cfg: TrainConfig, llm: FrozenLLM, show_progress: bool = False
+                  ) -> tuple[TextMixture | Pairs, Pairs]:
+    """(training data, held-out pairs) of a run: a TextMixture over cfg.data (or a corpus folder's Pairs), and the
+    val_data file or rows held out of the first source. Training and evaluation both take them from here."""
+    if len(cfg.data) == 1 and is_corpus(cfg.data[0]):
+        pairs = _corpus_pairs(cfg.data[0])
+        if cfg.val_data:
+            return pairs, load_pairs(cfg.val_data, llm, cfg)
+        order = list(range(len(pairs)))
         random.Random(cfg.seed).shuffle(order)
-        train = train.take(sorted(order[: cfg.limit]))
-    return train, val
+        n_val = min(VAL_MAX, max(1, round(VAL_SHARE * len(pairs))))
+        return pairs.take(sorted(order[n_val:])), pairs.take(sorted(order[:n_val]))
+    if any(is_corpus(d) for d in cfg.data):
+        raise NarError("a corpus folder trains alone: give it as the only data source")
+    mix = TextMixture(cfg.data, cfg.weights, llm, cfg, hold_out=not cfg.val_data, show_progress=show_progress)
+    return mix, (load_pairs(cfg.val_data, llm, cfg) if cfg.val_data else mix.held_out())
 
 
 def checkpoint_splits(meta: dict, llm: FrozenLLM) -> tuple[Pairs, Pairs, TrainConfig]:
-    """(training pairs, held-out pairs, training config) exactly as an encoder checkpoint's run used them."""
+    """(training pairs, held-out pairs, training config) as an encoder checkpoint's run used them (every usable
+    training row, in memory)."""
     tcfg = TrainConfig.from_dict(meta["train_config"])
-    return (*train_val_splits(meta["data"]["train"], llm, tcfg), tcfg)
+    if not tcfg.data:  # checkpoints that recorded their one training file under data.train
+        tcfg = tcfg.replace(data=(meta["data"]["train"],))
+    train, held = training_data(tcfg, llm)
+    return (train.all_rows() if isinstance(train, TextMixture) else train), held, tcfg

@@ -14,12 +14,10 @@ from nar.llm import FrozenLLM, Layout, left_pad
 @torch.no_grad()
 def decode_ids(llm: FrozenLLM, e: torch.Tensor, m: torch.Tensor, n_tokens: list[int], layout: Layout, *,
                precision: str = "fp32", stop_at_eos: bool = False, batch_size: int = 64,
-               backend: str = "torch", pos: torch.Tensor | None = None,
-               contexts: list[list[int]] | None = None) -> list[list[int]]:
+               backend: str = "torch", contexts: list[list[int]] | None = None) -> list[list[int]]:
     """Greedy token ids for each proto-token pair, one forward pass per batch.
 
-    e: (B, D) or (B, k, D); m: (B, D) or (1, D) shared; pos: optional position codes (see
-    `FrozenLLM.proto_inputs`); n_tokens: B output lengths. With `stop_at_eos`, each
+    e: (B, D) or (B, k, D); m: (B, D) or (1, D) shared; n_tokens: B output lengths. With `stop_at_eos`, each
     output is cut before its first EOS (use it when the targets were fitted with an EOS appended).
     `backend`: which runtime runs the pass (`nar.backends`: 'torch', 'llama.cpp', or 'auto').
     contexts: an in-context encoder's per-text source ids, placed before e in the same pass (`nar.llm.Context`).
@@ -37,8 +35,8 @@ def decode_ids(llm: FrozenLLM, e: torch.Tensor, m: torch.Tensor, n_tokens: list[
         mb = mb.to(dev, torch.float32)
         n = max(n_tokens[lo:hi])
         ctx = context_for(None if contexts is None else contexts[lo:hi], layout, dev)
-        embeds = llm.proto_inputs(eb, mb, n, layout, None if pos is None else pos.to(dev), ctx)
-        pred = runner.argmax(embeds, n, None if ctx is None else ctx.full_mask(embeds.shape[1]), layout.own_rows(n))
+        embeds = llm.proto_inputs(eb, mb, n, layout, ctx)
+        pred = runner.argmax(embeds, n, None if ctx is None else ctx.full_mask(embeds.shape[1]))
         for j, k in enumerate(range(lo, hi)):
             ids = pred[j, : n_tokens[k]].tolist()
             if stop_at_eos and llm.eos_id is not None and llm.eos_id in ids:
@@ -52,18 +50,6 @@ def decode_texts(llm: FrozenLLM, e: torch.Tensor, m: torch.Tensor, n_tokens: lis
     """Like `decode_ids`, detokenised (special tokens dropped)."""
     ids = decode_ids(llm, e, m, n_tokens, layout, **kwargs)
     return [llm.tokenizer.decode(x, skip_special_tokens=True) for x in ids]
-
-
-def ctc_collapse(ids: list[int], blank: int, eos: int | None = None) -> list[int]:
-    """A CTC read-out: merge runs of the same token, drop blanks, and (with `eos`) cut before the first EOS."""
-    out, prev = [], None
-    for t in ids:
-        if t != prev and t != blank:
-            out.append(t)
-        prev = t
-    if eos is not None and eos in out:
-        out = out[: out.index(eos)]
-    return out
 
 
 def token_accuracy(pred: list[int], target: list[int]) -> float:

@@ -77,14 +77,28 @@ def by_position(pred: list[list[int]], targets: list[list[int]], upto: int = 16)
     return out
 
 
+def by_group(pred: list[list[int]], targets: list[list[int]], groups: list[str] | None, tokenizer) -> dict:
+    """{group: token_acc, exact_match, chrf, texts} for texts with a group (e.g. STS-B dev's genres), else {}."""
+    if groups is None:
+        return {}
+    out = {}
+    for g in sorted(set(groups)):
+        idx = [i for i, x in enumerate(groups) if x == g]
+        res = score([pred[i] for i in idx], [targets[i] for i in idx], tokenizer)
+        out[g] = {k: res[k] for k in ("texts", "token_acc", "exact_match", "chrf")}
+    return out
+
+
 def evaluate_encoder(enc, llm: FrozenLLM, pairs, layout: Layout, precision: str, stop_at_eos: bool,
                      with_buckets: bool = False) -> dict:
-    """The metrics of the encoder's one-pass outputs on `pairs` (a nar.data.Pairs)."""
+    """The metrics of the encoder's one-pass outputs on `pairs` (a nar.data.Pairs); with_buckets: also by length,
+    by output position and by group."""
     pred = encoder_outputs(enc, llm, pairs.sources, layout, precision, stop_at_eos)
     tg = [strip_eos(t, llm.eos_id, stop_at_eos) for t in pairs.token_ids]
     out = score(pred, tg, llm.tokenizer)
     if with_buckets:
         out["by_length"], out["by_position"] = by_length(pred, tg), by_position(pred, tg)
+        out["by_group"] = by_group(pred, tg, pairs.groups, llm.tokenizer)
     return out
 
 
@@ -121,7 +135,7 @@ def baselines(train, pairs, llm: FrozenLLM, teacher, stop_at_eos: bool, exclude_
                        ("position mode", position_mode(train, pairs))):
         pred = [strip_eos(p, llm.eos_id, stop_at_eos) for p in pred]
         out[name] = {**score(pred, tg, llm.tokenizer), "by_length": by_length(pred, tg),
-                     "by_position": by_position(pred, tg)}
+                     "by_position": by_position(pred, tg), "by_group": by_group(pred, tg, pairs.groups, llm.tokenizer)}
     return out
 
 

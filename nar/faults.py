@@ -7,7 +7,8 @@ Unset (always, outside tests), `point` costs one dictionary lookup.
 Points: fit.written (a finished text's shard is on disk), compact.merged (merged shards written, small ones
 not yet removed), index.faiss (the FAISS file written, its JSON not yet), checkpoint.files (an encoder
 checkpoint's files written to its temp folder), checkpoint.swap (the old checkpoint moved aside, the new not yet
-in place), pairs.batch (a batch of generated pairs appended to the partial file).
+in place), pairs.batch (a batch of generated pairs appended to the partial file), train.step (an encoder
+training step taken, before its checkpoint, if any).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from __future__ import annotations
 import os
 import signal
 
-POINTS = ("fit.written", "compact.merged", "index.faiss", "checkpoint.files", "checkpoint.swap", "pairs.batch")
+POINTS = ("fit.written", "compact.merged", "index.faiss", "checkpoint.files", "checkpoint.swap", "pairs.batch",
+          "train.step")
 _hits: dict[str, int] = {}
 
 

@@ -116,9 +116,6 @@ def encoder_init(path: str | Path, llm: FrozenLLM, fcfg: FitConfig,
     if enc.cfg.context != "none":
         raise NarError(f"encoder {path} decodes with its source in context; its proto-tokens mean nothing alone, "
                        "so they cannot warm-start a fit")
-    if enc.cfg.n_e != 1 or enc.cfg.pos_codes:
-        raise NarError(f"encoder {path} emits {enc.cfg.n_e} e-vectors{' and position codes' * enc.cfg.pos_codes}; "
-                       "a warm start needs Paper A's layout (one e, plain m copies)")
     if enc.layout != layout:
         raise NarError(f"encoder {path} predicts for layout {enc.layout.to_dict()}, this fit uses {layout.to_dict()}")
     e, m, _ = enc.predict(sources)

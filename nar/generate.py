@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from nar.decode import ctc_collapse, decode_ids, generate_greedy, token_accuracy
+from nar.decode import decode_ids, generate_greedy, token_accuracy
 from nar.encoder import Encoder
 from nar.errors import NarError
 from nar.llm import FrozenLLM
@@ -23,13 +23,8 @@ def encoder_outputs(enc: Encoder, llm: FrozenLLM, sources: list[str], layout, pr
     forward pass. The one path of `generate`, `nar.evaluate` and the benches."""
     with llm.autocast(precision):
         e, m, n = enc.predict(sources, batch_size)
-    r = enc.cfg.ctc_slots
-    ids = decode_ids(llm, e, enc.m_inputs(m), [r * k for k in n] if r else n, layout, precision=precision,
-                     stop_at_eos=stop_at_eos and not r, backend=backend, pos=enc.pos_codes,
-                     contexts=enc.context_ids(sources, llm))
-    if r:  # a CTC encoder: r x N slots, read out by merging repeats and dropping blanks
-        ids = [ctc_collapse(x, enc.cfg.ctc_blank, llm.eos_id if stop_at_eos else None) for x in ids]
-    return ids
+    return decode_ids(llm, e, m, n, layout, precision=precision, stop_at_eos=stop_at_eos, backend=backend,
+                      contexts=enc.context_ids(sources, llm))
 
 
 def generate(enc: Encoder, llm: FrozenLLM, sources: list[str], *, precision: str = "auto", batch_size: int = 32,

@@ -22,14 +22,12 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from nar.artifacts import llm_record, weights_hash
-from nar.config import ROWS
 from nar.errors import NarError
 
 log = logging.getLogger(__name__)
@@ -76,40 +74,29 @@ class Layout:
 
     prefix_ids: fixed, untrained token ids placed before e (an attention sink; empty for none).
     first: "e" -> e's own output predicts t_1 (Paper A's main text); "m" -> the first m's output does.
-    rows: "causal" -> the model's own causal attention (Paper A); "independent" -> each m row attends to what
-    precedes the m's (prefix or context, e) and to itself only, so no output row reads another's states and an
-    error cannot spread to the rows after it (docs/ENCODER.md, fourteenth session). Same input, same weights, one
-    pass; only the attention mask differs.
     """
 
     prefix_ids: tuple[int, ...] = ()
     first: str = "e"
-    rows: str = "causal"
 
     def __post_init__(self) -> None:
         if self.first not in ("e", "m"):
             raise NarError(f"layout.first must be 'e' or 'm', not {self.first!r}")
-        if self.rows not in ROWS:
-            raise NarError(f"layout.rows must be one of {ROWS}, not {self.rows!r}")
         object.__setattr__(self, "prefix_ids", tuple(int(i) for i in self.prefix_ids))
 
     def n_m(self, n: int) -> int:
         """How many copies of m the input holds for an N-token target."""
         return n - 1 if self.first == "e" else n
 
-    def own_rows(self, n: int) -> int:
-        """How many of the last positions of an N-token pass attend only to the positions before them and to
-        themselves: the m rows under 'independent', none under 'causal'."""
-        return self.n_m(n) if self.rows == "independent" else 0
-
     def to_dict(self) -> dict:
-        """The causal default is left out, so records written before `rows` existed compare equal."""
-        d = {"prefix_ids": list(self.prefix_ids), "first": self.first}
-        return d if self.rows == "causal" else {**d, "rows": self.rows}
+        return {"prefix_ids": list(self.prefix_ids), "first": self.first}
 
     @classmethod
     def from_dict(cls, d: dict) -> Layout:
-        return cls(prefix_ids=tuple(d.get("prefix_ids", ())), first=d.get("first", "e"), rows=d.get("rows", "causal"))
+        if d.get("rows", "causal") != "causal":
+            raise NarError(f"layout rows {d['rows']!r} (independent output rows) measured no gain and was removed; "
+                           "use the nar at git tag encoder-study-2026-12 for such a checkpoint")
+        return cls(prefix_ids=tuple(d.get("prefix_ids", ())), first=d.get("first", "e"))
 
 
 @dataclass
@@ -159,27 +146,11 @@ def left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tenso
     return ids, mask
 
 
-def forward_kwargs(mask: torch.Tensor | None, own_rows: int = 0, embeds: torch.Tensor | None = None) -> dict:
-    """The model's attention_mask/position_ids for left-padded input (nothing for an unpadded, causal batch).
+def forward_kwargs(mask: torch.Tensor | None) -> dict:
+    """The model's attention_mask/position_ids for left-padded input (nothing for an unpadded batch).
 
-    mask: (B, T), 0 on left padding, or None. own_rows > 0 (`Layout.own_rows`): the last own_rows positions
-    attend to the positions before them and to themselves only, given as a (B, 1, T, T) additive mask in the
-    dtype and on the device of `embeds` (B, T, D), the pass's input, which is then needed."""
-    if own_rows <= 0:
-        return {} if mask is None else {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
-    (b, t), dev, dtype = embeds.shape[:2], embeds.device, embeds.dtype
-    eye = torch.eye(t, dtype=torch.bool, device=dev)
-    allow = torch.ones(t, t, dtype=torch.bool, device=dev).tril()
-    allow[t - own_rows:, t - own_rows:] = eye[:own_rows, :own_rows]
-    allow = allow.expand(b, t, t)
-    if mask is not None:
-        allow = allow & mask.to(dev).bool()[:, None, :]
-    allow = allow | eye  # a padding row keeps itself (it is never read): no softmax over nothing
-    bias = torch.zeros(b, 1, t, t, device=dev, dtype=dtype).masked_fill(~allow[:, None], torch.finfo(dtype).min)
-    kw = {"attention_mask": bias}
-    if mask is not None:
-        kw["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
-    return kw
+    mask: (B, T), 0 on left padding, or None."""
+    return {} if mask is None else {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
 
 
 def last_positions(t: int, n: int, device: torch.device) -> int | torch.Tensor:
@@ -301,22 +272,11 @@ class FrozenLLM:
         """Token ids of a target text, without special tokens."""
         return list(self.tokenizer(text, add_special_tokens=False).input_ids)
 
-    def check_rows(self, own_rows: int) -> int:
-        """own_rows, once this model's attention is known to honour a 4D additive mask (eager or sdpa; flash
-        attention may ignore one silently)."""
-        impl = getattr(self.model.config, "_attn_implementation", None)
-        if own_rows and impl not in (None, "eager", "sdpa"):
-            raise NarError(f"independent rows (--rows independent) need eager or sdpa attention, not {impl!r}: "
-                           "load the model with attn_implementation='sdpa'")
-        return own_rows
-
     def proto_inputs(self, e: torch.Tensor, m: torch.Tensor, n: int, layout: Layout,
-                     pos: torch.Tensor | None = None, context: Context | None = None) -> torch.Tensor:
+                     context: Context | None = None) -> torch.Tensor:
         """Input embeddings for a batch of proto-tokens.
 
-        e: (B, D), or (B, k, D) for k vectors before the m's (an encoder layout); m: (B, D) or (1, D) when
-        shared, or (B, >= n_m, D), one input per m position (`Encoder.m_inputs`); pos: optional (>= n_m, D)
-        position codes added to the m copies (an encoder's learned, text-independent offsets); context: per-text
+        e: (B, D), or (B, k, D) for k vectors before the m's; m: (B, D) or (1, D) when shared; context: per-text
         tokens (prefix included) before e, left-padded (pass `forward_kwargs(context.full_mask(T))` to the model).
         Returns (B, len(prefix or context) + k + layout.n_m(n), D).
         """
@@ -330,51 +290,21 @@ class FrozenLLM:
             ids = torch.tensor(layout.prefix_ids, device=e.device)
             parts.append(self.model.get_input_embeddings()(ids).to(e.dtype).unsqueeze(0).expand(b, -1, d))
         parts.append(e)
-        if m.dim() == 3:  # one input per m position (an encoder's read-out of its m)
-            if m.shape[1] < layout.n_m(n):
-                raise NarError(f"{m.shape[1]} m inputs for {layout.n_m(n)} m positions")
-            ms = m[:, : layout.n_m(n)].expand(b, -1, d)
-        else:
-            ms = m.unsqueeze(1).expand(b, layout.n_m(n), d)
-        if pos is not None:
-            ms = ms + pos[: layout.n_m(n)].to(ms.dtype)
-        parts.append(ms)
+        parts.append(m.unsqueeze(1).expand(b, layout.n_m(n), d))
         return torch.cat(parts, dim=1)
 
     def proto_logits(self, e: torch.Tensor, m: torch.Tensor, n: int, layout: Layout,
-                     pos: torch.Tensor | None = None, context: Context | None = None) -> torch.Tensor:
+                     context: Context | None = None) -> torch.Tensor:
         """One forward pass; logits (B, n, V) where row i predicts target token i.
 
         Right padding needs no attention mask: attention is causal, so a text shorter than n is not
         affected by the positions after its end, which are simply not read. A context's left padding is masked.
         """
-        return self.proto_pass(e, m, n, layout, pos, context)[0]
-
-    def proto_pass(self, e: torch.Tensor, m: torch.Tensor, n: int, layout: Layout, pos: torch.Tensor | None = None,
-                   context: Context | None = None, layers: Sequence[int] = ()
-                   ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """`proto_logits`, and the hidden states (B, n, D) of the same last n rows for each k in `layers`: the
-        model's hidden_states[k], after block k (1 = the first; the last one after the final norm)."""
-        embeds = self.proto_inputs(e, m, n, layout, pos, context).to(self.dtype)
+        embeds = self.proto_inputs(e, m, n, layout, context).to(self.dtype)
         mask = None if context is None else context.full_mask(embeds.shape[1])
         keep = last_positions(embeds.shape[1], n, embeds.device)
-        kw = forward_kwargs(mask, self.check_rows(layout.own_rows(n)), embeds)
-        out = self.model(inputs_embeds=embeds, use_cache=False, logits_to_keep=keep,
-                         output_hidden_states=bool(layers), **kw)
-        return out.logits[:, -n:], [out.hidden_states[k][:, -n:] for k in layers]
-
-    @torch.no_grad()
-    def reading_states(self, targets: torch.Tensor, layout: Layout, layers: Sequence[int]) -> list[torch.Tensor]:
-        """The frozen LLM reading each target itself, teacher-forced: for targets (B, N) right-padded with any id,
-        the hidden states (B, N, D) after each block in `layers` of the rows of [prefix, t_1 .. t_{N-1}], row i
-        being the state from which an autoregressive reader writes t_{i+1}. Needs a non-empty layout prefix."""
-        if not layout.prefix_ids:
-            raise NarError("reading states need a layout prefix (the row from which the first token is written)")
-        pre = torch.tensor(layout.prefix_ids, device=targets.device).expand(targets.shape[0], -1)
-        ids = torch.cat([pre, targets[:, :-1].clamp(min=0)], dim=1)
-        out = self.model(input_ids=ids, use_cache=False, output_hidden_states=True, logits_to_keep=1)
-        n = targets.shape[1]
-        return [out.hidden_states[k][:, -n:] for k in layers]
+        out = self.model(inputs_embeds=embeds, use_cache=False, logits_to_keep=keep, **forward_kwargs(mask))
+        return out.logits[:, -n:]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -46,94 +46,42 @@ class Reconstruction:
     """Each text's token accuracy of the argmax (no gradient)."""
     n_tokens: torch.Tensor
     """Each text's number of target tokens."""
-    state: torch.Tensor | None = None
-    """With state_layers: each text's mean state mismatch (`state_mismatch`; differentiable), else None."""
 
     def token_mean(self) -> torch.Tensor:
         """The cross-entropy of every target token of the batch, pooled (long texts weigh more)."""
         return (self.ce * self.n_tokens).sum() / self.n_tokens.sum()
 
+    def token_sum(self) -> torch.Tensor:
+        """The summed cross-entropy of every target token of the batch (a distributed step divides it by the
+        global batch's token count, so that a rank's share of the gradient does not depend on its slice)."""
+        return (self.ce * self.n_tokens).sum()
+
 
 def reconstruction_loss(llm, e: torch.Tensor, m: torch.Tensor, targets: Sequence[Sequence[int] | torch.Tensor],
-                        layout, precision: str = "fp32", pos: torch.Tensor | None = None,
-                        context=None, margin: float = 0.0, logit_bias: torch.Tensor | None = None,
-                        after_error: float = 1.0, state_layers: Sequence[int] = ()) -> Reconstruction:
+                        layout, precision: str = "fp32", context=None, margin: float = 0.0) -> Reconstruction:
     """Cross-entropy and accuracy of each target from one padded forward pass of the frozen LLM.
 
-    e: (B, D) or (B, k, D); m: (B, D) or (1, D) shared; pos: optional position codes added to the m copies
-    (an encoder's, see `FrozenLLM.proto_inputs`); context: an in-context encoder's `nar.llm.Context`;
-    targets: B id sequences (lengths may differ: right padding needs
-    no attention mask, attention being causal). precision 'bf16' autocasts the LLM's matmuls. A text's
-    loss does not depend on its batch-mates. margin > 0: `acc` counts a token only when its logit beats every
-    other token's by at least `margin` (a solution that survives other arithmetic, e.g. bf16 at another batch
-    shape); 0: the argmax. logit_bias: (V,) added to the logits inside the cross-entropy only (a logit-adjusted
-    loss, `TrainConfig.logit_adjust`); `acc` reads the raw logits, as decoding does. after_error < 1: a token
-    after the text's first argmax error weighs that much in the cross-entropy (`TrainConfig.after_error_weight`).
-    state_layers: also the mismatch between the pass's hidden states after those blocks and the frozen LLM's own
-    teacher-forced reading of the target (`state_mismatch`, `TrainConfig.w_state`)."""
+    e: (B, D) or (B, k, D); m: (B, D) or (1, D) shared; context: an in-context encoder's `nar.llm.Context`;
+    targets: B id sequences (lengths may differ: right padding needs no attention mask, attention being causal).
+    precision 'bf16' autocasts the LLM's matmuls. A text's loss does not depend on its batch-mates. margin > 0:
+    `acc` counts a token only when its logit beats every other token's by at least `margin` (a solution that
+    survives other arithmetic, e.g. bf16 at another batch shape); 0: the argmax."""
     tgt = pad_targets(targets, e.device)
     with llm.autocast(precision):
-        logits, states = llm.proto_pass(e, m, tgt.shape[1], layout, pos, context, state_layers)
-        reading = llm.reading_states(tgt, layout, state_layers) if state_layers else []
+        logits = llm.proto_logits(e, m, tgt.shape[1], layout, context)
     logits = logits.float()
     valid = tgt != IGNORE
-    state = state_mismatch(states, reading, valid) if state_layers else None
     lengths = valid.sum(1)
-    adjusted = logits if logit_bias is None else logits + logit_bias.to(logits)
-    top = logits.argmax(-1) == tgt if margin <= 0 or after_error != 1.0 else None  # (B, N), no gradient
-    ce_tok = F.cross_entropy(adjusted.transpose(1, 2), tgt, ignore_index=IGNORE, reduction="none")  # (B, N)
-    if after_error != 1.0:  # the one pass's errors cascade: weigh the tokens up to the first one fully
-        wrong = (~top & valid).long()
-        ce_tok = ce_tok * torch.where(wrong.cumsum(1) - wrong > 0, after_error, 1.0)
-    ce = ce_tok.sum(1) / lengths
-    if margin > 0:
-        with torch.no_grad():
+    ce = F.cross_entropy(logits.transpose(1, 2), tgt, ignore_index=IGNORE, reduction="none").sum(1) / lengths
+    with torch.no_grad():
+        if margin > 0:
             safe = tgt.clamp(min=0)[..., None]
             gap = logits.gather(-1, safe)[..., 0] - logits.scatter(-1, safe, float("-inf")).max(-1).values
             hit = gap >= margin
-    else:
-        hit = top
+        else:
+            hit = logits.argmax(-1) == tgt
     acc = (hit & valid).sum(1) / lengths
-    return Reconstruction(ce, acc.detach(), lengths, state)
-
-
-def state_mismatch(states: Sequence[torch.Tensor], reading: Sequence[torch.Tensor], valid: torch.Tensor
-                   ) -> torch.Tensor:
-    """(B,) each text's mean of 1 - cos(pass state, reading state) over the given layers and its rows 1 .. N-1,
-    both centred on the reading states' mean over those rows of the batch (a few massive dimensions shared by
-    all rows dominate raw cosines: docs/ENCODER.md, fourteenth session). Row 0 is left out: the reader's row
-    there is the prefix's, an attention sink, not a state after reading a token. A one-token text scores 0. The
-    centre is the batch's, so the term needs batches with several rows (with one row it is a constant 1)."""
-    rows = valid.clone()
-    rows[:, 0] = False
-    n = rows.sum(1)
-    total = torch.zeros(valid.shape[0], device=valid.device)
-    for p, r in zip(states, reading):
-        p, r = p.float(), r.float()
-        centre = r[rows].mean(0) if bool(rows.any()) else r.new_zeros(r.shape[-1])
-        gap = 1 - F.cosine_similarity(p - centre, r - centre, dim=-1)  # (B, N)
-        total = total + (gap * rows).sum(1) / n.clamp(min=1)
-    return total / max(len(states), 1)
-
-
-def ctc_reconstruction_loss(llm, e: torch.Tensor, m: torch.Tensor, targets: Sequence[Sequence[int]], layout,
-                            slots: int, blank: int, precision: str = "fp32", pos: torch.Tensor | None = None,
-                            context=None) -> torch.Tensor:
-    """CTC of each target over `slots` x N output positions of one pass of the frozen LLM (N its length): the
-    loss of every monotonic alignment of the N tokens to the slots (repeats and `blank` filling the rest), so a
-    token counts wherever it comes out, in order. Mean over texts of the per-token loss (torch's 'mean').
-    Arguments as `reconstruction_loss`; the slots of shorter texts beyond their own r x N are ignored."""
-    lengths = torch.tensor([len(t) for t in targets], dtype=torch.long)
-    if int(lengths.min()) < 1:
-        raise NarError("CTC needs targets of at least one token")
-    flat = torch.cat([torch.as_tensor(t, dtype=torch.long) for t in targets])
-    if bool((flat == blank).any()):
-        raise NarError(f"a target contains the CTC blank token {blank}: choose another --ctc-blank")
-    n_in = slots * lengths
-    with llm.autocast(precision):
-        logits = llm.proto_logits(e, m, int(n_in.max()), layout, pos, context)
-    logp = logits.float().log_softmax(-1).transpose(0, 1)  # (T, B, V), as ctc_loss wants
-    return F.ctc_loss(logp, flat.to(logp.device), n_in, lengths, blank=blank, reduction="mean", zero_infinity=True)
+    return Reconstruction(ce, acc, lengths)
 
 
 def relational_loss(P: torch.Tensor, T: torch.Tensor, bank_P: torch.Tensor | None = None,

@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
@@ -134,3 +135,62 @@ def _append(path: Path, header: dict, kept: list[dict]):
     atomic_write_text(path, "".join(json.dumps(x) + "\n" for x in [header, *kept]))
     with open(path, "a", encoding="utf-8") as f:
         yield f
+
+
+VOCAB_TEMPLATES = ("Write one short news sentence about {}.",
+                   "Describe {} in one short sentence.",
+                   "Give your opinion on {} in one sentence.")
+"""The framings of `vocab_texts`' prompts, used in turn."""
+
+
+def vocab_words(tokenizer, min_chars: int = 5) -> list[str]:
+    """Whole-word tokens of the vocabulary (a leading space marker, then only lowercase letters), sorted."""
+    words = set()
+    for tok in tokenizer.get_vocab():
+        word = tokenizer.convert_tokens_to_string([tok])
+        if word.startswith(" ") and re.fullmatch(r"[a-z]+", word[1:]) and len(word) - 1 >= min_chars:
+            words.add(word[1:])
+    return sorted(words)
+
+
+def cut_reply(llm: FrozenLLM, reply: str, max_tokens: int) -> str | None:
+    """The reply without wrapping quotes, cut to <= max_tokens tokens at a word boundary (None if empty)."""
+    text = reply.strip().strip('"').strip()
+    first = re.match(r"(.+?[.!?])(\s|$)", text)  # the first sentence, if it is short enough
+    if first and len(llm.encode(first.group(1))) <= max_tokens:
+        return first.group(1)
+    ids = llm.encode(text)
+    if len(ids) <= max_tokens:
+        return text or None
+    tok = llm.tokenizer
+    for k in range(max_tokens, 0, -1):  # the longest prefix that ends before a token opening a new word
+        if tok.decode(ids[k:k + 1]).startswith(" "):
+            return tok.decode(ids[:k]).strip() or None
+    return None
+
+
+def vocab_texts(llm: FrozenLLM, n: int, out: Path, *, max_tokens: int = 16, seed: int = 0,
+                batch_size: int = 32) -> dict:
+    """Autoencoding texts the frozen LLM writes to cover its vocabulary: n prompts, each naming one whole-word token
+    of the vocabulary (seeded; no word list from any evaluation data) in one of VOCAB_TEMPLATES' framings; each
+    greedy reply, cut to <= max_tokens tokens at a word boundary, is one line of `out` (duplicates dropped).
+    Resumable: the generation is `make_pairs`, which resumes from `<pairs>.partial`."""
+    import random
+
+    words = vocab_words(llm.tokenizer)
+    random.Random(seed).shuffle(words)
+    chosen = words[:n]
+    out = Path(out)
+    prompts = out.with_suffix(".prompts.jsonl")
+    prompts.write_text("".join(json.dumps({"id": f"v{i}", "prompt": VOCAB_TEMPLATES[i % len(VOCAB_TEMPLATES)]
+                                           .format(w)}) + "\n" for i, w in enumerate(chosen)), encoding="utf-8")
+    pairs = out.with_suffix(".pairs.jsonl")
+    make_pairs(prompts, pairs, PairsConfig(max_new_tokens=max_tokens + 8, batch_size=batch_size), model=llm)
+    seen: list[str] = []
+    for line in pairs.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        text = cut_reply(llm, row["target"], max_tokens) if "target" in row else None
+        if text and text not in seen:
+            seen.append(text)
+    out.write_text("".join(t + "\n" for t in seen), encoding="utf-8")
+    return {"vocab_words": len(words), "prompts": len(chosen), "texts": len(seen), "out": str(out)}

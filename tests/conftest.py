@@ -98,3 +98,10 @@ def record_calls(monkeypatch, module, name: str) -> list[tuple]:
 
     monkeypatch.setattr(module, name, recorded)
     return calls
+
+
+def run_training(data, cfg, ecfg, **kw):
+    """`nar.train.train_encoder` on one data source (a file or a corpus folder)."""
+    from nar.train import train_encoder
+
+    return train_encoder(cfg.replace(data=(str(data),)), ecfg, **kw)

@@ -20,9 +20,8 @@ from nar.build import build_corpus
 from nar.config import BuildConfig, EncoderConfig, FitConfig, PairsConfig, TrainConfig
 from nar.encoder import Encoder
 from nar.errors import NarError
-from nar.train import train_encoder
 
-from .conftest import TINY_CORPUS
+from .conftest import TINY_CORPUS, run_training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIT = dict(precision="fp32", lr=5e-2, max_steps=60, num_slots=2)
@@ -121,13 +120,13 @@ def test_kill_during_index_build_then_the_index_is_rebuilt(small_corpus, tmp_pat
 
 TRAIN = dict(batch_size=4, lr=3e-3, warmup=2, precision="fp32", max_tokens=16, steps=12, val_every=1000,
              save_every=4)
-ENC = EncoderConfig(d_model=32, layers=1, heads=2, dropout=0.0, max_len=16)
+ENC = EncoderConfig(d_model=32, layers=1, dropout=0.0, max_len=16)
 
 
 def _train_code(data, run) -> str:
     return (f"import torch; torch.set_num_threads(1); from nar.train import train_encoder; "
             f"from nar.config import TrainConfig, EncoderConfig; from nar.llm import load_llm; "
-            f"train_encoder({str(data)!r}, TrainConfig(run_dir={str(run)!r}, val_frac=0.25, "
+            f"train_encoder(TrainConfig(data=({str(data)!r},), run_dir={str(run)!r}, "
             f"**{TRAIN!r}), EncoderConfig(**{ENC.to_dict()!r}), llm=load_llm({str(TINY)!r}, device='cpu'), "
             f"show_progress=False)")
 
@@ -138,7 +137,7 @@ def _train_here(data, run, llm, resume=False) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        train_encoder(data, TrainConfig(run_dir=str(run), resume=resume, val_frac=0.25, **TRAIN), ENC, llm=llm,
+        run_training(data, TrainConfig(run_dir=str(run), resume=resume, **TRAIN), ENC, llm=llm,
                       show_progress=False)
     finally:
         torch.set_num_threads(threads)
@@ -307,9 +306,8 @@ def test_artifacts_of_another_format_or_incomplete_are_refused(small_corpus, tin
     with pytest.raises(NarError, match="format 'nar-corpus/99'; this nar .* reads 'nar-corpus/1'"):
         corpus.read_manifest(c)
     data = write_jsonl(tmp_path / "t.jsonl", [{"text": t} for t in TEXTS[:6]])
-    from nar.train import train_encoder
 
-    train_encoder(data, TrainConfig(run_dir=str(tmp_path / "run"), val_frac=0.34, **{**TRAIN, "steps": 2}), ENC,
+    run_training(data, TrainConfig(run_dir=str(tmp_path / "run"), **{**TRAIN, "steps": 2}), ENC,
                   llm=tiny_llm, show_progress=False)
     ck = tmp_path / "run" / "last"
     cfg = json.loads((ck / "config.json").read_text())
@@ -318,9 +316,16 @@ def test_artifacts_of_another_format_or_incomplete_are_refused(small_corpus, tin
     with pytest.raises(NarError, match="format 'nar-encoder/7'"):
         Encoder.from_pretrained(ck, llm=tiny_llm)
     (ck / "config.json").write_text(json.dumps(cfg))
+    whole = (ck / "model.safetensors").read_bytes()
+    (ck / "model.safetensors").write_bytes(whole[: len(whole) // 2])  # a copy cut short: one line, not a traceback
+    with pytest.raises(NarError, match="truncated or damaged"):
+        Encoder.from_pretrained(ck, llm=tiny_llm)
+    (ck / "model.safetensors").write_bytes(whole[:5])
+    with pytest.raises(NarError, match="truncated or damaged"):
+        Encoder.from_pretrained(ck, llm=tiny_llm)
     (ck / "model.safetensors").unlink()
     with pytest.raises(NarError, match="incomplete encoder checkpoint"):
         Encoder.from_pretrained(ck, llm=tiny_llm)
     with pytest.raises(NarError, match="cannot resume .* missing model.safetensors"):
-        train_encoder(data, TrainConfig(run_dir=str(tmp_path / "run"), val_frac=0.34, resume=True,
+        run_training(data, TrainConfig(run_dir=str(tmp_path / "run"), resume=True,
                                         **{**TRAIN, "steps": 4}), ENC, llm=tiny_llm, show_progress=False)

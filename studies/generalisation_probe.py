@@ -1,16 +1,16 @@
-"""Where an encoder checkpoint loses accuracy on unseen sentences (docs/ENCODER.md, "Ninth session").
+"""Where an encoder checkpoint loses accuracy on unseen sentences (docs/ENCODER.md: rare words, not memorisation).
 
 Splits token accuracy of the one pass by STS-B genre (captions / news / forums), by target length, and by how
 often each target token occurs in the checkpoint's training targets, on its own training sentences and on
 held-out STS-B dev sentences alike, so that a genre or length shift can be told from memorisation, and
 memorisation from rare words; and whether errors cascade (accuracy after a first error against before it).
 
-    python scripts/generalisation_probe.py [CHECKPOINT] [--stsb ../shared/data/stsb] [--limit N]
-                                           [--freq-data out/data/stsb-train.jsonl]
+    python -m studies.generalisation_probe [CHECKPOINT] [--stsb ../shared/data/stsb] [--limit N]
+                                          [--freq-data out/data/stsb-train.jsonl]
 
 With --freq-data the bands also count each token in that file's targets (`by_reference_frequency`), and its
 never-seen band is split by whether the checkpoint's own training targets hold the token: for comparing two
-checkpoints trained on different data against one reference (docs/ENCODER.md, tenth session).
+checkpoints trained on different data against one reference (docs/ENCODER.md, the LLM-written vocabulary texts).
 
 Prints one JSON object. CHECKPOINT defaults to checkpoints/stsb-autoencoder; its held-out set is the
 checkpoint's own val data (out/data/stsb-dev.jsonl for the shipped one: run `nar make-data` first).

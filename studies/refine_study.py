@@ -1,7 +1,7 @@
 """Refinement passes on the seq2seq story task (docs/ENCODER.md): how many Jacobi passes of the frozen LLM does
 each draft need to reach the LLM's own greedy continuation, and how close is it after k passes?
 
-    python scripts/refine_study.py [--checkpoint out/study/story-ctx/last] [--limit 500] [--passes 17]
+    python -m studies.refine_study [--checkpoint out/study/story-ctx/last] [--limit 500] [--passes 17]
 
 Drafts, all N = 16 tokens, for the held-out prompts of the checkpoint's run:
   pad       the pad token everywhere: plain Jacobi decoding (Santilli et al. 2023), no draft at all

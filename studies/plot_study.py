@@ -1,6 +1,6 @@
 """Plot study runs' periodic held-out token accuracy and training CE against the step, from their TensorBoard logs.
 
-    python scripts/plot_study.py OUT.png RUN [RUN ...]      # RUN: a name under out/study/ or a run folder
+    python -m studies.plot_study OUT.png RUN [RUN ...]      # RUN: a name under out/study/ or a run folder
 
 The periodic validation is the first 200 held-out STS-B dev sentences (docs/ENCODER.md, "Set-up"); the CE curve
 is smoothed over 25 steps.
