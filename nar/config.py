@@ -78,7 +78,7 @@ class FitConfig(StageConfig):
     """Whose noise a start gets: 'text' (seeded by the text: two texts start at unrelated points, and so do their
     solutions, paraphrases included) or 'shared' (one noise vector for every text: with init 'tokens' the start
     is a smooth function of the text, and fitted solutions of paraphrases come out closer:
-    scripts/smooth_probe.py, docs/ENCODER.md; a candidate regression target for `train-encoder CORPUS`)."""
+    docs/ENCODER.md, "Diagnosis"; a candidate regression target for `train-encoder CORPUS`)."""
     lr: float = 3e-2
     """AdamW (peak) learning rate (Paper A: 1e-2 constant; measured faster here: 3e-2 with the cosine schedule)."""
     lr_schedule: str = "cosine"
@@ -265,7 +265,7 @@ class EncoderConfig(StageConfig):
     """The encoder network: source text -> (e, m, N).
 
     The head is compositional: each source token, with its position, is mapped on its own through a small MLP and
-    the parts are summed, so a source never seen is a new sum of seen parts (docs/ENCODER.md, "The head")."""
+    the parts are summed, so a source never seen is a new sum of seen parts (docs/ENCODER.md, "The levers")."""
 
     reader: str = "llm"
     """What reads the source: 'llm' (the frozen LLM's own states of the source) or a sentence-transformers model
@@ -376,8 +376,8 @@ class TrainConfig(StageConfig):
     seed: int = 0
     """Seed of the held-out split, the head's init, the batches and dropout."""
     resume: bool = False
-    """Continue from run_dir/last: bit for bit at the same number of processes, from the same weights and
-    optimizer state at another. With a larger --steps a finished run trains on to the new total under the schedule
+    """Continue from run_dir/last (if there is none yet, start from step 0): bit for bit at the same number of
+    processes, from the same weights and optimizer state at another. With a larger --steps a finished run trains on to the new total under the schedule
     of the new total (a warm restart)."""
     init_from: str | None = None
     """Start from the weights of this encoder checkpoint (a folder with config.json and model.safetensors, or a

@@ -5,7 +5,7 @@
            --> e = W_e h_0 (B, D), m = W_m h_1 (B, D), length logits = W_n h_2 (B, max_len); class c -> N = c + 1
 
 The head is compositional: what "token t at position i" contributes does not depend on the rest of the text, so a
-source never seen is a new sum of seen parts (docs/ENCODER.md, "The head").
+source never seen is a new sum of seen parts (docs/ENCODER.md, "The levers").
 
 Readers (EncoderConfig.reader): "llm", the frozen LLM's own states of the source (layer `reader_layer`; 0 = its
 input embeddings), or any sentence-transformers name or path (frozen).

@@ -6,7 +6,7 @@ and replaces draft token i by the LLM's argmax after draft tokens 1..i-1. Its fi
 autoregressive reply, and after k passes at least the first k tokens equal that reply (Jacobi decoding of a
 causal LM: Santilli et al. 2023, "Accelerating Transformer Inference for Translation via Parallel Decoding"). So
 k passes trade cost (k passes instead of N sequential tokens) against agreement with AR decoding, and a better
-draft should need fewer passes. `nar generate --refine K` and `scripts/refine_study.py` use it.
+draft should need fewer passes. `nar generate --refine K` and `python -m studies.refine_study` use it.
 """
 
 from __future__ import annotations

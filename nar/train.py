@@ -18,6 +18,7 @@ from the same weights at another. Only the main process validates, writes checkp
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -33,6 +34,8 @@ from nar.errors import NarError
 from nar.llm import FrozenLLM, Layout, context_for
 from nar.losses import reconstruction_loss
 from nar.schedule import warmup_cosine
+
+log = logging.getLogger(__name__)
 
 W_LEN = 0.1
 """Weight of the length head's cross-entropy."""
@@ -256,8 +259,10 @@ def train_encoder(cfg: TrainConfig, enc_cfg: EncoderConfig, *, llm: FrozenLLM, s
     params = enc.trainable_parameters()
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, best = 0, -1.0
-    if cfg.resume:
+    if cfg.resume and (run / "last").exists():
         start, best = _resume(run / "last", enc, opt)
+    elif cfg.resume:
+        log.info("--resume: %s has no checkpoint yet; starting from step 0", run / "last")
     draws = _Draws(train, cfg)
     reduce = None
     if world > 1:

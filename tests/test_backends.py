@@ -50,18 +50,6 @@ def test_explicit_backend_that_cannot_run_says_why(tiny_llm, monkeypatch):
     assert "not installed" in unavailable("llama.cpp", tiny_llm)
 
 
-def test_llama_cpp_refuses_independent_rows_before_running(tiny_llm):
-    """llama.cpp runs the model's causal mask only: a pass with independent rows (Layout.rows) is refused with a
-    pointer to the torch backend, before any context is built (so no GGUF is needed to see it)."""
-    from nar.backends import LlamaCppBackend
-
-    runner = LlamaCppBackend.__new__(LlamaCppBackend)  # no GGUF: the refusal comes first
-    layout = Layout((tiny_llm.tokenizer.bos_token_id,), "e", "independent")
-    e, m = _protos(tiny_llm)
-    with pytest.raises(NarError, match="--backend torch"):
-        runner.argmax(tiny_llm.proto_inputs(e, m, 5, layout), 5, None, layout.own_rows(5))
-
-
 def test_bf16_precision_keeps_torch(tiny_llm):
     be = get_backend("auto", tiny_llm, "bf16")
     assert isinstance(be, TorchBackend) and be.precision == "bf16"

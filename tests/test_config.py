@@ -28,12 +28,10 @@ def test_every_field_is_documented(cls):
     (C.BuildConfig, dict(input="x", out="y", warm_start="encoder")),
     (C.BuildConfig, dict(input="x", out="y", text_column="a", source_column="b", target_column="c")),
     (C.BuildConfig, dict(input="x", out="y", source_column="b")), (C.BuildConfig, dict(input="x", out="y", rank=1)),
-    (C.EncoderConfig, dict(d_model=30, heads=4)), (C.EncoderConfig, dict(dropout=1.0)),
-    (C.EncoderConfig, dict(layers=2, post_layers=3)), (C.EncoderConfig, dict(head="attention", post_layers=1)),
-    (C.EncoderConfig, dict(head="attention", bind=True)), (C.EncoderConfig, dict(head="attention", layers=0)),
-    (C.EncoderConfig, dict(layers=-1)), (C.EncoderConfig, dict(unk_mode="mark")),
-    (C.EncoderConfig, dict(unk_mode="shape", unk_below=0)), (C.EncoderConfig, dict(unk_mode="x", unk_below=3)),
-    (C.TrainConfig, dict(val_frac=0)), (C.TrainConfig, dict(w_ce=-1)), (C.IndexConfig, dict(kind="lsh")),
+    (C.EncoderConfig, dict(d_model=0)), (C.EncoderConfig, dict(dropout=1.0)), (C.EncoderConfig, dict(layers=-1)),
+    (C.EncoderConfig, dict(unk_below=-1)), (C.EncoderConfig, dict(context="prompt")),
+    (C.TrainConfig, dict(grad_accum=0)), (C.TrainConfig, dict(w_reg=-1)), (C.TrainConfig, dict(weights=(1.0, 0.0))),
+    (C.TrainConfig, dict(novel_tokens=2.0)), (C.IndexConfig, dict(kind="lsh")),
     (C.StabilityConfig, dict(alphas=(-1.0,))), (C.SemanticsConfig, dict()), (C.CapacityConfig, dict(threshold=2)),
     (C.ConnectivityConfig, dict(grid=1)),
 ])
@@ -91,9 +89,15 @@ def test_options_follow_the_config(monkeypatch):
     assert "shared m, text 2, N = 64: token accuracy 0.991 after 812 steps, 25.0 min" in r.output  # each fit, as done
 
 
-def test_encoder_configs_saved_before_the_sum_head_stay_attention_encoders():
-    old = {k: v for k, v in C.EncoderConfig(head="attention", reader_layer=-1).to_dict().items() if k != "head"}
-    assert C.EncoderConfig.from_dict(old).head == "attention"
-    assert C.EncoderConfig().head == "sum" and C.EncoderConfig().reader_layer == 0
-    with pytest.raises(NarError, match="reader-layer"):
-        C.EncoderConfig(lora_rank=4)  # LoRA does not touch the input embeddings that layer 0 reads
+def test_encoder_configs_of_removed_levers_are_refused_with_the_tag():
+    """A saved config that used a lever removed from the core (or an attention-head config, which lacks 'head') is
+    refused, naming the git tag where it runs; one that left them off loads, its off values ignored."""
+    new = C.EncoderConfig(d_model=64, unk_below=3)
+    off = {**new.to_dict(), "head": "sum", "ctc_slots": 0, "m_readout": "repeat", "n_e": 1, "lora_rank": 0}
+    assert C.EncoderConfig.from_dict(off) == new
+    for used in ({"ctc_slots": 2}, {"n_e": 4}, {"head": "attention"}, {"unk_mode": "shape"}):
+        with pytest.raises(NarError, match="encoder-study-2026-12"):
+            C.EncoderConfig.from_dict({**off, **used})
+    with pytest.raises(NarError, match="head='attention'"):
+        C.EncoderConfig.from_dict(new.to_dict())  # no 'head' field: written before the sum head existed
+

@@ -97,38 +97,11 @@ def test_auto_precision_is_bf16_only_where_the_device_computes_it_natively(tiny_
         assert torch.is_autocast_enabled("cpu") == native
 
 
-def test_independent_rows_read_only_what_precedes_the_ms_and_themselves(tiny_llm):
-    """Layout(rows='independent'): changing one m row's input changes that row's output only (under 'causal'
-    every later row moves too); the e row and a left-padded in-context batch behave as unbatched; decoding uses
-    the same attention; the causal default stays out of the layout's record."""
-    from nar.decode import decode_ids
-    from nar.llm import Context
+def test_layouts_of_removed_independent_rows_are_refused():
+    """A checkpoint's layout with independent output rows (a lever that measured no gain) is refused, naming the
+    tag where it runs; the causal layout round-trips."""
+    lay = Layout((1,), "e")
+    assert Layout.from_dict(lay.to_dict()) == lay and lay.to_dict() == {"prefix_ids": [1], "first": "e"}
+    with pytest.raises(NarError, match="encoder-study-2026-12"):
+        Layout.from_dict({"prefix_ids": [1], "first": "e", "rows": "independent"})
 
-    d, bos = tiny_llm.hidden_size, tiny_llm.resolve_prefix("bos")
-    g = torch.Generator().manual_seed(0)
-    e, m = torch.randn(2, d, generator=g), torch.randn(2, 6, d, generator=g)
-    bumped = m.clone()
-    bumped[:, 2] += 1.0  # the third m row = output row 3
-    for rows, moved in (("independent", [3]), ("causal", [3, 4, 5, 6])):
-        lay = Layout(bos, "e", rows)
-        a, b = tiny_llm.proto_logits(e, m, 7, lay), tiny_llm.proto_logits(e, bumped, 7, lay)
-        changed = [i for i in range(7) if not torch.allclose(a[:, i], b[:, i], atol=1e-6)]
-        assert changed == moved, rows
-        e2 = e + 1.0  # every output row, the m rows included, reads e
-        c = tiny_llm.proto_logits(e2, m, 7, lay)
-        assert all(not torch.allclose(a[:, i], c[:, i], atol=1e-6) for i in range(7)), rows
-    ind = Layout(bos, "e", "independent")
-    ms = torch.randn(3, d, generator=g)
-    es = torch.randn(3, d, generator=g)
-    ctx_rows = [[5, 6, 7, 8], [9], [10, 11]]
-    batched = tiny_llm.proto_logits(es, ms, 5, ind, context=Context.from_ids(ctx_rows, ind))
-    for j, r in enumerate(ctx_rows):
-        alone = tiny_llm.proto_logits(es[j:j + 1], ms[j:j + 1], 5, ind, context=Context.from_ids([r], ind))
-        assert torch.allclose(batched[j], alone[0], atol=1e-5)
-    plain = tiny_llm.proto_logits(es, ms, 5, ind)
-    assert decode_ids(tiny_llm, es, ms, [5, 5, 5], ind) == plain.argmax(-1).tolist()
-    assert not torch.allclose(plain, tiny_llm.proto_logits(es, ms, 5, Layout(bos, "e")))
-    assert Layout(bos, "e").to_dict() == {"prefix_ids": list(bos), "first": "e"}
-    assert Layout.from_dict(ind.to_dict()) == ind
-    with pytest.raises(NarError, match="rows"):
-        Layout(bos, "e", "diagonal")

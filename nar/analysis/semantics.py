@@ -62,7 +62,7 @@ def frame_share(E: torch.Tensor, teacher_dim: int, projection_seed: int = 0) -> 
 
 
 # ----------------------------------------------------------------------------------------------
-# Experiments (used by `nar analyze semantics` and scripts/sts_frames.py)
+# Experiments (used by `nar analyze semantics`)
 
 NO_PIN = dict(frame_pin=0.0)
 STS_VARIANTS = {
@@ -71,7 +71,7 @@ STS_VARIANTS = {
     "bank": ("bank RD (256), random init", dict(rd_weight=1.0, rd_bank=256, **NO_PIN), dict(init="embed_std")),
     "teacher": ("teacher init, no RD", dict(rd_weight=0.0, **NO_PIN), dict(init="teacher")),
     "teacher_batch": ("teacher init + batch RD", dict(rd_weight=1.0, rd_bank=0, **NO_PIN), dict(init="teacher")),
-    "teacher_bank": ("teacher init + bank RD (the default until 2026-11-23)",
+    "teacher_bank": ("teacher init + bank RD (the corpus default without the frame pin)",
                      dict(rd_weight=1.0, rd_bank=256, **NO_PIN), dict(init="teacher")),
     "default": ("build-corpus default (64-dim frame pin + teacher init + bank RD)", {}, dict(init="teacher")),
     "pin1": ("frame pin 1 token norm + bank RD", dict(rd_weight=1.0, rd_bank=256, frame_pin=1.0, frame_dims=0),
