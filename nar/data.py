@@ -192,11 +192,12 @@ def text_key(text: str) -> str:
 
 
 def bundled_data(name: str) -> Path:
-    """A text file shipped in the repository's data/ folder (data/NAME/NAME.txt.gz; data/README.md)."""
-    path = Path(__file__).resolve().parents[1] / "data" / name / f"{name}.txt.gz"
+    """A text file shipped in the repository's data/ folder (data/NAME/NAME.txt.gz; data/README.md), found from
+    the working directory as recipes are (commands run from the repository root)."""
+    path = Path("data") / name / f"{name}.txt.gz"
     if not path.is_file():
-        raise NarError(f"{path} is missing: the bundled text sets live in a source checkout's data/ folder "
-                       "(give the file instead, or --no-bundled)")
+        raise NarError(f"{path} is missing: the bundled text sets live in the repository's data/ folder; run from "
+                       "the repository root, give the file, or pass --no-bundled")
     return path
 
 
