@@ -179,7 +179,7 @@ def make_data_cmd(
 TRAIN_HELP = """Train an encoder source -> (e, m, N) with the cross-entropy of ONE pass of the frozen LLM.
 
 DATA: text files, globs or saved datasets, mixed by --weights (or one corpus folder); or give them in the
-recipe's [train] data. --config FILE reads a recipe (recipes/*.toml); options given on the command line override
+recipe's \\[train] data. --config FILE reads a recipe (recipes/*.toml); options given on the command line override
 it. Several processes: `accelerate launch --num_processes N -m cli.main train-encoder ...` (GPUs, or CPUs with
 --cpu), `torchrun --nproc_per_node N -m cli.main train-encoder ...`; --batch-size is the global batch."""
 

@@ -377,8 +377,8 @@ class TrainConfig(StageConfig):
     """Seed of the held-out split, the head's init, the batches and dropout."""
     resume: bool = False
     """Continue from run_dir/last (if there is none yet, start from step 0): bit for bit at the same number of
-    processes, from the same weights and optimizer state at another. With a larger --steps a finished run trains on to the new total under the schedule
-    of the new total (a warm restart)."""
+    processes, from the same weights and optimizer state at another. With a larger --steps a finished run trains
+    on to the new total under the schedule of the new total (a warm restart)."""
     init_from: str | None = None
     """Start from the weights of this encoder checkpoint (a folder with config.json and model.safetensors, or a
     run folder: its best/) with a fresh optimiser and schedule: fine-tuning, e.g. of the shipped checkpoint on new
@@ -544,9 +544,8 @@ def load_recipe(path) -> tuple[TrainConfig, EncoderConfig, dict]:
     """A training recipe file (TOML, or JSON with the same layout): `[train]` holds TrainConfig fields, `[encoder]`
     EncoderConfig fields; anything else is refused by name. Relative data paths stay relative to the working
     directory (recipes are run from the repository root). Returns (train config, encoder config, the raw tables)."""
-    from pathlib import Path
-
     import tomllib
+    from pathlib import Path
 
     path = Path(path)
     try:
