@@ -228,6 +228,9 @@ def with_recipe(ctx: typer.Context, path: Path | None, cfg: C.TrainConfig, ecfg:
 def eval_encoder_cmd(checkpoint: Path = CHECKPOINT, data: Path | None = typer.Option(
                          None, help="Held-out data (default: the checkpoint's own); must not overlap its training."),
                      limit: int | None = typer.Option(None, help="At most this many held-out texts."),
+                     baseline_data: list[str] | None = typer.Option(
+                         None, help="Text the baselines retrieve from, instead of the checkpoint's training text "
+                                    "(when that is not at hand; the training split is then left out)."),
                      model: str = MODEL, precision: str = PRECISION, device: str = DEVICE,
                      as_json: bool = JSON) -> None:
     """The encoder's one-pass outputs beside nearest-neighbour and position-mode baselines, by length."""
@@ -236,7 +239,7 @@ def eval_encoder_cmd(checkpoint: Path = CHECKPOINT, data: Path | None = typer.Op
     from nar.evaluate import eval_encoder
 
     res = eval_encoder(checkpoint, llm=llm_for(None, model, device), data=data and str(data), precision=precision,
-                       limit=limit)
+                       limit=limit, baseline_data=baseline_data or None)
     print_json(res) if as_json else render.encoder_eval(res)
 
 

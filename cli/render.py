@@ -75,7 +75,8 @@ EVAL_COLS = ("token_acc", "exact_match", "one_minus_wer", "chrf", "distinct_shar
 
 
 def encoder_eval(res: dict) -> None:
-    table(f"one-pass generation from predicted proto-tokens ({res['checkpoint']}; held out: {res['held_out']})",
+    table(f"one-pass generation from predicted proto-tokens ({res['checkpoint']}; held out: {res['held_out']}; "
+          f"baselines over: {', '.join(res['baseline_text'])})",
           ["split", "method", "texts", *(c.replace("_", " ") for c in EVAL_COLS)],
           [[r["split"], r["method"], r["texts"], *(r[c] for c in EVAL_COLS)] for r in res["rows"]])
     table("token accuracy / exact match by target length (tokens)", ["split", "method", "tokens", "texts", "acc",

@@ -140,12 +140,14 @@ def baselines(train, pairs, llm: FrozenLLM, teacher, stop_at_eos: bool, exclude_
 
 
 def eval_encoder(checkpoint, *, llm: FrozenLLM, data=None, teacher=None, precision: str = "auto",
-                 limit: int | None = None) -> dict:
-    """The encoder beside both baselines on held-out texts (the checkpoint's own, or `data`) and on as many
-    training texts, with length buckets."""
+                 limit: int | None = None, baseline_data: list[str] | None = None) -> dict:
+    """The encoder beside both baselines on held-out texts (the checkpoint's own, or `data`) and on as many of its
+    training texts, with length buckets. The baselines retrieve from (and count positions over) the checkpoint's
+    training text; with `baseline_data`, from those files instead (for a checkpoint whose training text is not at
+    hand), and then the training split is left out."""
     import random
 
-    from nar.data import checkpoint_splits, load_pairs
+    from nar.data import TextMixture, checkpoint_splits, load_pairs
     from nar.encoder import Encoder
     from nar.errors import NarError
     from nar.teacher import load_teacher
@@ -153,9 +155,22 @@ def eval_encoder(checkpoint, *, llm: FrozenLLM, data=None, teacher=None, precisi
     enc = Encoder.from_pretrained(checkpoint, llm=llm)
     meta = enc.meta
     layout, stop = enc.layout, bool(meta.get("stop_at_eos"))
-    train, held, tcfg = checkpoint_splits(meta, llm)
-    if data is not None:
-        held = load_pairs(data, llm, tcfg)
+    if baseline_data:
+        from nar.config import TrainConfig
+
+        tcfg = TrainConfig.from_dict(meta["train_config"]).replace(data=tuple(baseline_data), val_data=None)
+        train = TextMixture(tcfg.data, (), llm, tcfg).all_rows()
+        held = load_pairs(data, llm, tcfg) if data is not None else None
+    else:
+        try:
+            train, held, tcfg = checkpoint_splits(meta, llm)
+        except NarError as exc:
+            raise NarError(f"{exc}: the checkpoint's training text is needed for its baselines; make it "
+                           "(data/README.md) or pass --baseline-data FILE") from exc
+        if data is not None:
+            held = load_pairs(data, llm, tcfg)
+    if held is None:
+        raise NarError("with --baseline-data, give the held-out texts with --data")
     overlap = set(held.ids) & set(train.ids)
     if overlap and data is not None:
         raise NarError(f"{len(overlap)} of the evaluation texts are training texts; evaluate on held-out data")
@@ -167,10 +182,11 @@ def eval_encoder(checkpoint, *, llm: FrozenLLM, data=None, teacher=None, precisi
     teacher = teacher or load_teacher()
     index = source_index(train, teacher)
     rows = []
-    for name, part, loo in (("held-out", held, False), ("train", train_probe, True)):
+    splits = [("held-out", held, False)] + ([] if baseline_data else [("train", train_probe, True)])
+    for name, part, loo in splits:
         rows.append({"split": name, "method": "encoder",
                      **evaluate_encoder(enc, llm, part, layout, precision, stop, with_buckets=True)})
         for method, res in baselines(train, part, llm, teacher, stop, loo, index).items():
             rows.append({"split": name, "method": method, **res})
     return {"checkpoint": str(checkpoint), "held_out": data or tcfg.val_data or "val split of the training data",
-            "rows": rows}
+            "baseline_text": list(tcfg.data), "rows": rows}

@@ -248,6 +248,11 @@ def test_eval_encoder_reports_baselines(tiny_llm, teacher, texts_file, tmp_path)
     enc = next(r for r in held if r["method"] == "encoder")
     assert sum(b["texts"] for b in enc["by_length"]) == 3
     assert all(0 <= a <= 1 for a in enc["by_position"]) and len(enc["by_position"]) >= 1
+    # baselines over other text (a checkpoint whose training text is not at hand): no training split then
+    other = eval_encoder(tmp_path / "run" / "last", llm=tiny_llm, teacher=teacher, precision="fp32",
+                         data=str(texts_file / "dev.jsonl"), baseline_data=[str(texts_file / "train.jsonl")])
+    assert {r["split"] for r in other["rows"]} == {"held-out"} and other["baseline_text"] == [
+        str(texts_file / "train.jsonl")]
     # evaluating on the training file is refused: held out means unseen
     with pytest.raises(NarError, match="training texts"):
         eval_encoder(tmp_path / "run" / "last", llm=tiny_llm, teacher=teacher, data=str(texts_file / "train.jsonl"))
