@@ -180,8 +180,9 @@ TRAIN_HELP = """Train an encoder source -> (e, m, N) with the cross-entropy of O
 
 DATA: text files, globs or saved datasets, mixed by --weights (or one corpus folder); or give them in the
 recipe's \\[train] data. --config FILE reads a recipe (recipes/*.toml); options given on the command line override
-it. Several processes: `accelerate launch --num_processes N -m cli.main train-encoder ...` (GPUs, or CPUs with
---cpu), `torchrun --nproc_per_node N -m cli.main train-encoder ...`; --batch-size is the global batch."""
+it. Several processes: `accelerate launch --multi_gpu --num_processes N -m cli.main train-encoder ...` (GPUs),
+`torchrun --nproc_per_node N -m cli.main train-encoder ... --device cpu` (CPU processes); --batch-size is the
+global batch."""
 
 
 @app.command("train-encoder", help=TRAIN_HELP)
