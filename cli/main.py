@@ -206,6 +206,8 @@ def train_encoder_cmd(ctx: typer.Context,
     res = train_encoder(cfg, ecfg, llm=llm_for(cfg.data[0] if cfg.data else None, model, dev),
                         show_progress=not as_json)
     res.pop("encoder")
+    if res.pop("rank"):
+        return  # one summary, from the main process
     print_json(res) if as_json else render.pairs("train-encoder", [(k, res[k]) for k in res if k != "val"]
                                                  + list(res["val"].items()))
 

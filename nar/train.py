@@ -315,7 +315,7 @@ def train_encoder(cfg: TrainConfig, enc_cfg: EncoderConfig, *, llm: FrozenLLM, s
         validate(cfg.steps)
         save(cfg.steps)
     tb.close()
-    return {"run_dir": str(run), "steps": cfg.steps, "world_size": world, "train_texts": len(train),
+    return {"run_dir": str(run), "steps": cfg.steps, "world_size": world, "rank": rank, "train_texts": len(train),
             "val_texts": len(val), "data": train.stats, "val": last_val, "best_val_token_acc": best,
             "seconds": round(time.perf_counter() - t0, 1), "encoder": enc}
 
