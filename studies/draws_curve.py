@@ -102,7 +102,7 @@ def main() -> None:
     line_x = [min(xs), hi]
     ax.plot(line_x, [a + b * math.log10(x) for x in line_x], "--",
             label=f"fit: +{b:.2f} per tenfold (past the data: extrapolated)")
-    ax.axhline(0.6, color="gray", lw=0.8, label="issue 12 bar (0.6)")
+    ax.axhline(0.6, color="gray", lw=0.8, label="the bar (0.6)")
     unseen = next((r for r in rows if not r["median_count"]), None)
     if unseen:
         ax.annotate(f"never seen: {unseen['token_acc']:.3f} ({unseen['tokens']} tokens)", (0.02, 0.95),

@@ -46,10 +46,10 @@ def plot(rows: list[dict], path: Path, offset: int) -> None:
     ax.plot(xs, [r["token_acc"] for r in rows], "k-o", label="all dev")
     for g in sorted({g for r in rows for g in r["by_group"]}):
         ax.plot(xs, [r["by_group"].get(g, {}).get("token_acc") for r in rows], "--o", label=g)
-    ax.set_xlabel(f"steps on the larger text (0 = the checkpoint it started from, after {offset:,} earlier steps)")
+    ax.set_xlabel(f"steps of the run (0: its starting checkpoint, {offset:,} steps before)")
     ax.set_ylabel("held-out token accuracy")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="center right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
