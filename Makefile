@@ -38,7 +38,7 @@ demo: setup
 	$(NAR) generate checkpoints/stsb-autoencoder --input nar/assets/heldout.txt
 
 # The shipped encoder checkpoints/stsb-autoencoder, in three recipes (recipes/stsb-autoencoder*.toml; ~4 h on 2 CPU
-# cores with native bf16): 9,000 steps on STS-B train, a 600-step fine-tune with the unknown-token vector, 7,000
+# cores with native bf16): 9,000 steps on STS-B train, a 600-step fine-tune with the unknown-token vector, 6,000
 # steps on STS-B train + Flickr8k captions + news + forum text. Needs STS-B and the Flickr8k captions
 # (data/README.md). The final weights (last/) are the checkpoint.
 STSB ?= ../shared/data/stsb
