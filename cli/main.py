@@ -217,7 +217,7 @@ def with_recipe(ctx: typer.Context, path: Path | None, cfg: C.TrainConfig, ecfg:
     """The recipe file's configs, overridden by every option given on the command line (not by defaults)."""
     if path is None:
         return cfg, ecfg
-    file_cfg, file_ecfg, _ = C.load_recipe(path)
+    file_cfg, file_ecfg = C.load_recipe(path)
 
     def given(name: str) -> bool:
         source = ctx.get_parameter_source(name)

@@ -540,10 +540,10 @@ class ConnectivityConfig(StageConfig):
         return FitConfig(max_steps=self.max_steps)
 
 
-def load_recipe(path) -> tuple[TrainConfig, EncoderConfig, dict]:
+def load_recipe(path) -> tuple[TrainConfig, EncoderConfig]:
     """A training recipe file (TOML, or JSON with the same layout): `[train]` holds TrainConfig fields, `[encoder]`
-    EncoderConfig fields; anything else is refused by name. Relative data paths stay relative to the working
-    directory (recipes are run from the repository root). Returns (train config, encoder config, the raw tables)."""
+    EncoderConfig fields (an `[about]` table is free text); anything else is refused by name. Relative data paths
+    stay relative to the working directory (recipes are run from the repository root)."""
     import tomllib
     from pathlib import Path
 
@@ -558,14 +558,8 @@ def load_recipe(path) -> tuple[TrainConfig, EncoderConfig, dict]:
     extra = sorted(set(raw) - {"train", "encoder", "about"})
     if extra:
         raise NarError(f"recipe {path}: unknown table(s) {extra}; a recipe has [train] and [encoder] (and [about])")
-    out = []
     for key, cls in (("train", TrainConfig), ("encoder", EncoderConfig)):
-        table = raw.get(key, {})
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(table) - names)
+        unknown = sorted(set(raw.get(key, {})) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise NarError(f"recipe {path}: [{key}] has no field(s) {unknown}; see `nar train-encoder --help`")
-        hints = {f.name: f.type for f in dataclasses.fields(cls)}
-        table = {k: tuple(v) if isinstance(v, list) and "tuple" in str(hints[k]) else v for k, v in table.items()}
-        out.append(cls(**table))
-    return out[0], out[1], raw
+    return TrainConfig.from_dict(raw.get("train", {})), EncoderConfig(**raw.get("encoder", {}))

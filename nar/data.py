@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from nar import corpus as corpus_store
+from nar.artifacts import atomic_write_jsonl
 from nar.config import BuildConfig, TrainConfig
 from nar.errors import NarError
 from nar.llm import FrozenLLM, Layout
@@ -201,14 +202,6 @@ def bundled_data(name: str) -> Path:
     return path
 
 
-def _write_jsonl(out: Path, rows: list[dict]) -> None:
-    import json
-
-    tmp = out.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(out)
-
-
 def _stsb_rows(path: Path) -> list[dict]:
     import csv
 
@@ -281,19 +274,19 @@ def make_data(out_dir: str | Path, *, stsb: str | Path | None = None, texts: dic
                 dev_seen.add(r["text"])
                 dev_rows.append(r)
         train_rows = list({r["text"]: {"text": r["text"], "genre": r["genre"]} for r in train if r["text"]}.values())
-        _write_jsonl(out_dir / "stsb-train.jsonl", train_rows)
-        _write_jsonl(out_dir / "stsb-dev.jsonl", dev_rows)
+        atomic_write_jsonl(out_dir / "stsb-train.jsonl", train_rows)
+        atomic_write_jsonl(out_dir / "stsb-dev.jsonl", dev_rows)
         counts["stsb-train"], counts["stsb-dev"] = len(train_rows), len(dev_rows)
         held = {text_key(r["text"]) for r in dev_rows}
         add(train_rows, "stsb")
     for name, path in (texts or {}).items():
         rows = [{"text": t} for t in _lines(path) if t][:per_source]
-        _write_jsonl(out_dir / f"{name}.jsonl", rows)
+        atomic_write_jsonl(out_dir / f"{name}.jsonl", rows)
         counts[name] = len(rows)
         add(rows, name)
     if not union:
         raise NarError("nothing to write: give --stsb and/or text files (--flickr8k, --headlines, --forums)")
-    _write_jsonl(out_dir / "encoder-train.jsonl", union)
+    atomic_write_jsonl(out_dir / "encoder-train.jsonl", union)
     counts["encoder-train"] = len(union)
     return {"out": str(out_dir), **counts}
 
@@ -580,17 +573,11 @@ class TextMixture:
         return [(int(k), int(pools[k][rng.integers(len(pools[k]))])) for k in which]
 
     def pairs(self, refs: list[tuple[int, int]]) -> Pairs:
-        """The drawn rows as Pairs (read from the memory-mapped sources, targets tokenised)."""
-        out = Pairs([], [], [], [])
-        for k, i in refs:
-            row = self.sources[k].ds[i]
-            s, t = str(row[self.src_col]), str(row[self.tgt_col])
-            x = self.llm.encode(t) + ([self.eos] if self.eos is not None else [])
-            out.ids.append(row_id(s, t))
-            out.sources.append(s)
-            out.targets.append(t)
-            out.token_ids.append(x)
-        return out
+        """The drawn rows as Pairs (read from the memory-mapped sources, targets tokenised in one call)."""
+        rows = [self.sources[k].ds[i] for k, i in refs]
+        sources = [str(r[self.src_col]) for r in rows]
+        targets = [str(r[self.tgt_col]) for r in rows]
+        return _tokenised([row_id(s, t) for s, t in zip(sources, targets)], sources, targets, self.llm, self.cfg)
 
     def held_out(self) -> Pairs:
         return self.pairs([(0, int(i)) for i in self.held])
