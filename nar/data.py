@@ -240,13 +240,13 @@ def make_data(out_dir: str | Path, *, stsb: str | Path | None = None, texts: dic
               per_source: int | None = None) -> dict:
     """The encoder's training and evaluation text, as .jsonl files under `out_dir`:
 
-    - with `stsb` (a folder holding STS-B's train.tsv and dev.tsv): stsb-train.jsonl (unique train sentences) and
-      stsb-dev.jsonl (unique dev sentences not in train, with their genre: news, captions, forums);
+    - with `stsb` (a folder holding STS-B's train.tsv and dev.tsv): stsb-dev.jsonl (unique dev sentences not in
+      train, with their genre: news, captions, forums) and stsb-train.jsonl (unique train sentences);
     - for each (name, file) of `texts` (one text per line, .txt or .txt.gz): NAME.jsonl, at most `per_source`
       lines of it (the files are shuffled, so the first lines are a random sample);
-    - encoder-train.jsonl: the union of every training set above, in that order, each sentence once, none equal
-      (case and punctuation ignored, `text_key`) to an STS-B dev sentence: what `nar train-encoder` trains on.
-    Returns the counts written."""
+    - encoder-train.jsonl: the union of every training set above, in that order, each sentence once.
+    No training file holds a sentence equal (case and punctuation ignored, `text_key`) to an STS-B dev sentence, so
+    any of them, or the union, can be trained on and judged on stsb-dev.jsonl. Returns the counts written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
@@ -273,14 +273,15 @@ def make_data(out_dir: str | Path, *, stsb: str | Path | None = None, texts: dic
             if r["text"] and r["text"] not in train_texts and r["text"] not in dev_seen:
                 dev_seen.add(r["text"])
                 dev_rows.append(r)
-        train_rows = list({r["text"]: {"text": r["text"], "genre": r["genre"]} for r in train if r["text"]}.values())
+        held = {text_key(r["text"]) for r in dev_rows}
+        train_rows = list({r["text"]: {"text": r["text"], "genre": r["genre"]}
+                           for r in train if r["text"] and text_key(r["text"]) not in held}.values())
         atomic_write_jsonl(out_dir / "stsb-train.jsonl", train_rows)
         atomic_write_jsonl(out_dir / "stsb-dev.jsonl", dev_rows)
         counts["stsb-train"], counts["stsb-dev"] = len(train_rows), len(dev_rows)
-        held = {text_key(r["text"]) for r in dev_rows}
         add(train_rows, "stsb")
     for name, path in (texts or {}).items():
-        rows = [{"text": t} for t in _lines(path) if t][:per_source]
+        rows = [{"text": t} for t in _lines(path) if t and text_key(t) not in held][:per_source]
         atomic_write_jsonl(out_dir / f"{name}.jsonl", rows)
         counts[name] = len(rows)
         add(rows, name)

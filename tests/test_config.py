@@ -2,6 +2,7 @@
 
 import dataclasses
 import inspect
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -100,4 +101,16 @@ def test_encoder_configs_of_removed_levers_are_refused_with_the_tag():
             C.EncoderConfig.from_dict({**off, **used})
     with pytest.raises(NarError, match="head='attention'"):
         C.EncoderConfig.from_dict(new.to_dict())  # no 'head' field: written before the sum head existed
+
+
+
+RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.toml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
+def test_every_shipped_recipe_loads(recipe):
+    """A misspelt key or a bad value in a recipe is refused at load, not hours into a run."""
+    train, _ = C.load_recipe(recipe)
+    assert train.data, f"{recipe.name} names no training data"
+    assert not train.weights or len(train.weights) == len(train.data)
 

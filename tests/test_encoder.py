@@ -324,18 +324,21 @@ def test_train_and_generate_cli_json(tiny_path, texts_file, tmp_path):
 
 def test_make_data_writes_stsb_by_genre_and_one_training_union_without_dev(tmp_path):
     """make_data: STS-B train/dev sentences (dev: unseen in train, with its genre), each text file capped, and
-    encoder-train.jsonl: every training text once, none equal to a dev sentence (case and punctuation ignored)."""
+    encoder-train.jsonl: every training text once; no training file holds a dev sentence (case and punctuation
+    ignored)."""
     import gzip
 
     from nar.data import make_data
 
     head = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
     (tmp_path / "train.tsv").write_text(head + "0\tmain-news\tf\ty\t1\ts\ts\tA cat sits.\tA dog runs.\t1.0\n"
-                                               "1\tmain-captions\tf\ty\t2\ts\ts\tA cat sits.\tBirds \"sing\".\t2.0\n")
+                                               "1\tmain-captions\tf\ty\t2\ts\ts\tA cat sits.\tBirds \"sing\".\t2.0\n"
+                                               "2\tmain-captions\tf\ty\t3\ts\ts\tRain falls!\tA cat sits.\t0.5\n")
     (tmp_path / "dev.tsv").write_text(head + "0\tmain-forums\tf\ty\t1\ts\ts\tA dog runs.\tRain falls.\t1.0\n")
     with gzip.open(tmp_path / "news.txt.gz", "wt") as f:
         f.write("rain falls\nA storm hits.\nA cat sits.\nMarkets rise.\nOne too many.\n")
     res = make_data(tmp_path / "out", stsb=tmp_path, texts={"news": tmp_path / "news.txt.gz"}, per_source=4)
+    # "Rain falls!" (train) and "rain falls" (news) are the dev sentence "Rain falls." up to case and punctuation
     assert res["stsb-train"] == 3 and res["stsb-dev"] == 1 and res["news"] == 4
 
     def read(name):
@@ -344,7 +347,8 @@ def test_make_data_writes_stsb_by_genre_and_one_training_union_without_dev(tmp_p
     assert read("stsb-dev") == [{"text": "Rain falls.", "genre": "forums"}]
     assert {r["genre"] for r in read("stsb-train")} == {"news", "captions"}
     union = [r["text"] for r in read("encoder-train")]
-    assert union == ["A cat sits.", "A dog runs.", 'Birds "sing".', "A storm hits.", "Markets rise."]
+    assert [r["text"] for r in read("news")] == ["A storm hits.", "A cat sits.", "Markets rise.", "One too many."]
+    assert union == ["A cat sits.", "A dog runs.", 'Birds "sing".', "A storm hits.", "Markets rise.", "One too many."]
 
 
 def test_warm_start_from_encoder(tiny_llm, teacher, pair_corpus, tmp_path, monkeypatch):
