@@ -7,6 +7,9 @@ splits it into captions, news and forums): token accuracy and exact match overal
 
     python -m studies.learning_curve START CKPT [CKPT ...] --start START --data data/gen/stsb-dev.jsonl \
         --out results/learning_curve --png docs/learning_curve.png
+
+A run that continues another one (a fresh schedule from its final weights) is appended with `--x0 STEPS`, the
+first run's length: its checkpoints are plotted at STEPS + their step, and a dotted line marks where it began.
 """
 
 from __future__ import annotations
@@ -41,15 +44,20 @@ def plot(rows: list[dict], path: Path, offset: int) -> None:
     import matplotlib.pyplot as plt
 
     rows = sorted(rows, key=lambda r: r["x"])
-    fig, ax = plt.subplots(figsize=(6.4, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     xs = [r["x"] for r in rows]
-    ax.plot(xs, [r["token_acc"] for r in rows], "k-o", label="all dev")
-    for g in sorted({g for r in rows for g in r["by_group"]}):
-        ax.plot(xs, [r["by_group"].get(g, {}).get("token_acc") for r in rows], "--o", label=g)
-    ax.set_xlabel(f"steps of the run (0: its starting checkpoint, {offset:,} steps before)")
-    ax.set_ylabel("held-out token accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="center right")
+    groups = sorted({g for r in rows for g in r["by_group"]})
+    for ax, key, label in zip(axes, ("token_acc", "exact_match"), ("token accuracy", "exact match")):
+        ax.plot(xs, [r[key] for r in rows], "k-o", label="all dev")
+        for g in groups:
+            ax.plot(xs, [r["by_group"].get(g, {}).get(key) for r in rows], "--o", label=g)
+        for x0 in sorted({r.get("x0", 0) for r in rows} - {0}):
+            ax.axvline(x0, color="grey", ls=":", lw=1)
+            ax.text(x0, ax.get_ylim()[0], " fresh schedule", color="grey", fontsize=8, va="bottom")
+        ax.set_xlabel(f"steps (0: the first run's starting checkpoint, {offset:,} steps before)")
+        ax.set_ylabel(f"held-out {label}")
+        ax.grid(alpha=0.3)
+    axes[1].legend(loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -62,6 +70,8 @@ def main() -> None:
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--start", type=Path, default=None, help="the checkpoint the run started from (step 0)")
     ap.add_argument("--offset", type=int, default=9600, help="steps before the first checkpoint (for the label)")
+    ap.add_argument("--x0", type=int, default=0,
+                    help="plot this run's step s at x0 + s: the length of the run it continues (0: a first run)")
     ap.add_argument("--png", type=Path, default=None, help="where the plot goes (default OUT.png)")
     args = ap.parse_args()
 
@@ -75,7 +85,10 @@ def main() -> None:
         if str(ckpt) in done:
             continue
         row = evaluate(ckpt, args.data, llm, args.precision)
-        row["x"] = 0 if args.start and ckpt.resolve() == args.start.resolve() else row["step"]
+        is_start = args.start is not None and ckpt.resolve() == args.start.resolve()
+        row["x"] = args.x0 + (0 if is_start else row["step"])
+        if args.x0:
+            row["x0"] = args.x0
         rows.append(row)
         out_json.parent.mkdir(parents=True, exist_ok=True)
         out_json.write_text(json.dumps(rows, indent=1))
