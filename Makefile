@@ -37,10 +37,10 @@ demo: setup
 		--baseline-data $(DEMO)/data/encoder-train.jsonl
 	$(NAR) generate checkpoints/stsb-autoencoder --input nar/assets/heldout.txt
 
-# The shipped encoder checkpoints/stsb-autoencoder, in three recipes (recipes/stsb-autoencoder*.toml; ~4 h on 2 CPU
+# The shipped encoder checkpoints/stsb-autoencoder, in four recipes (recipes/stsb-autoencoder*.toml; ~6 h on 2 CPU
 # cores with native bf16): 9,000 steps on STS-B train, a 600-step fine-tune with the unknown-token vector, 6,000
-# steps on STS-B train + Flickr8k captions + news + forum text. Needs STS-B and the Flickr8k captions
-# (data/README.md). The final weights (last/) are the checkpoint.
+# steps on STS-B train + Flickr8k captions + news + forum text, 7,000 more on the same text with caption-like text
+# weighted up. Needs STS-B and the Flickr8k captions (data/README.md). The final weights (last/) are the checkpoint.
 STSB ?= ../shared/data/stsb
 FLICKR8K ?= ../shared/data/flickr8k/captions.txt
 stsb-autoencoder: setup
@@ -48,8 +48,9 @@ stsb-autoencoder: setup
 	$(NAR) train-encoder --config recipes/stsb-autoencoder-base.toml --resume
 	$(NAR) train-encoder --config recipes/stsb-autoencoder-unk.toml --resume
 	$(NAR) train-encoder --config recipes/stsb-autoencoder.toml --resume
+	$(NAR) train-encoder --config recipes/stsb-autoencoder-long.toml --resume
 	mkdir -p checkpoints/stsb-autoencoder
-	cp out/stsb-autoencoder/more-text/last/config.json out/stsb-autoencoder/more-text/last/model.safetensors \
+	cp out/stsb-autoencoder/long/last/config.json out/stsb-autoencoder/long/last/model.safetensors \
 		checkpoints/stsb-autoencoder/
 
 # The GPU recipe (recipes/gpu-h100.toml: one H100, < 8 min by estimate), its checkpoint and figures into $(OUT).
