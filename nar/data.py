@@ -254,11 +254,11 @@ def make_data(out_dir: str | Path, *, stsb: str | Path | None = None, texts: dic
     union: list[dict] = []
     seen: set[str] = set()
 
-    def add(rows: list[dict], name: str) -> None:
+    def add(rows: list[dict], name: str) -> None:  # rows of a training file: non-empty, none held out already
         kept = 0
         for r in rows:
             k = text_key(r["text"])
-            if r["text"] and k not in held and k not in seen:
+            if k not in seen:
                 seen.add(k)
                 union.append({"text": r["text"], "source": name})
                 kept += 1

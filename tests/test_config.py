@@ -103,7 +103,6 @@ def test_encoder_configs_of_removed_levers_are_refused_with_the_tag():
         C.EncoderConfig.from_dict(new.to_dict())  # no 'head' field: written before the sum head existed
 
 
-
 RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.toml"))
 
 
@@ -113,4 +112,3 @@ def test_every_shipped_recipe_loads(recipe):
     train, _ = C.load_recipe(recipe)
     assert train.data, f"{recipe.name} names no training data"
     assert not train.weights or len(train.weights) == len(train.data)
-
